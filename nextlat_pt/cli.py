@@ -1,0 +1,66 @@
+"""`nextlat-pt`: the command-line entry point.
+
+    nextlat-pt train [CONFIG.yaml|NAME] [section.key=value ...]
+
+Config mistakes are reported in one line (exit code 2) before any process group starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from nextlat_pt.config import ConfigError, load_config, validate
+
+
+def _quiet_imports() -> None:
+    # megatron-core and DeepSpeed warn at import about missing TransformerEngine/Apex; those
+    # fallbacks are expected here (the local spec and torch optimizers are what we use).
+    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config_path = args.config
+    overrides = list(args.overrides)
+    if config_path is not None and "=" in config_path:  # `train key=value` without a file
+        overrides.insert(0, config_path)
+        config_path = None
+    try:
+        cfg = load_config(config_path, overrides)
+        validate(cfg)
+    except ConfigError as err:
+        print(f"nextlat-pt: config error: {err}", file=sys.stderr)
+        return 2
+    _quiet_imports()
+    from nextlat_pt.train.run import main as train_main
+
+    return train_main(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nextlat-pt", description="Pretraining with Next-Latent Prediction (NextLat)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train", help="train a model (default: the tiny config on the built-in corpus)"
+    )
+    train.add_argument("config", nargs="?", default=None,
+                       help="a YAML file or a name in configs/ (default: tiny)")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the subcommand; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

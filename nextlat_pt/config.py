@@ -1,0 +1,466 @@
+"""Typed run configuration: dataclasses, YAML files, dotted command-line overrides, validation.
+
+    nextlat-pt train [CONFIG.yaml] [section.key=value ...]
+
+The dataclass defaults are the tiny embedded job (`configs/tiny.yaml` spells out the same
+values). `validate()` runs before any process group starts and reports each mistake in one
+line that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, described in one line with the key and the fix."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny"
+    dir: str = ""  # default: runs/<name>
+    seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 4
+    hidden_size: int = 256
+    num_heads: int = 4
+    num_query_groups: int = 0  # 0: as many as heads (MHA); fewer: grouped-query attention
+    ffn_hidden_size: int = 0  # 0: Llama rule, 128·round(8D/3/128)
+    seq_len: int = 256
+    max_position_embeddings: int = 0  # 0: seq_len
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    make_vocab_size_divisible_by: int = 128  # padded to a multiple of this × TP, as megatron does
+    tie_embeddings: bool = False
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    attention_backend: str = "auto"  # auto | sdpa | flash | local (megatron's) | te
+
+
+@dataclass
+class NextLatConfig:
+    objective: str = "nextlat"  # nextlat | ntp (plain next-token baseline, no ψ)
+    horizon: int = 1  # d
+    lambda_latent: float = 1.0  # λ_h
+    lambda_kl: float = 1.0  # λ_KL
+    proj_factor: float = 1.0  # ψ width = 128·round(proj_factor·2D/128)
+    psi_width: int = 0  # 0: from proj_factor
+    psi_zero_init: bool = False  # paper: unknown init; default normal(0, init_std) like the trunk
+    smooth_l1_beta: float = 1.0
+    kl_temperature: float = 1.0
+    detach_next_embedding: bool = False
+    mask_prompt_in_latent: bool = False
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 250
+    micro_batch_size: int = 8
+    global_batch_size: int = 8
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_interval: int = 0  # 0: only at the end
+    eval_batches: int = 8
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = ""  # a sentencepiece .model; empty: the built-in corpus's own tokenizer
+    builtin_vocab_size: int = 4096
+    cache_dir: str = ""  # default: runs/.cache
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10
+    wandb: str = "offline"  # offline | online | disabled
+    wandb_project: str = "nextlat_pt"
+    plot: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # 0: only at the end of training
+    dir: str = ""  # default: <run.dir>/checkpoints
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    nextlat: NextLatConfig = field(default_factory=NextLatConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    # ---- derived values (never stored in YAML) ----
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir or f"runs/{self.run.name}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data.cache_dir or "runs/.cache")
+
+    @property
+    def num_query_groups(self) -> int:
+        return self.model.num_query_groups or self.model.num_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        return self.model.ffn_hidden_size or 128 * round(8 * self.model.hidden_size / 3 / 128)
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.model.max_position_embeddings or self.model.seq_len
+
+    @property
+    def uses_psi(self) -> bool:
+        """ψ exists only for the NextLat objective with a non-zero auxiliary weight."""
+        n = self.nextlat
+        return n.objective == "nextlat" and (n.lambda_latent > 0 or n.lambda_kl > 0)
+
+    @property
+    def psi_width(self) -> int:
+        return self.nextlat.psi_width or 128 * round(
+            self.nextlat.proj_factor * 2 * self.model.hidden_size / 128
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML + overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(options)}"
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check/convert a YAML or CLI value to the field's declared type.
+
+    YAML reads `3e-4` (no dot) as a string, so numeric strings are accepted for numbers.
+    """
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if isinstance(value, str) and typ in (int, float) and _number(value) is not None:
+        value = _number(value)
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, raw: str | None = None) -> None:
+    """Set one key. `raw` is the override's text, kept verbatim for string fields."""
+    sections = list(SECTIONS)
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section '{section}'{_closest(section, sections)}")
+    sec_obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sec_obj))
+    if key not in hints:
+        full = [f"{section}.{k}" for k in hints]
+        guess = _closest(f"{section}.{key}", full)
+        raise ConfigError(f"unknown config key '{section}.{key}'{guess}")
+    if hints[key] is str and raw is not None:
+        value = raw
+    setattr(sec_obj, key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+def _apply_mapping(cfg: Config, data: dict[str, Any], source: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown config section '{section}'{_closest(section, list(SECTIONS))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping of key: value")
+        for key, value in values.items():
+            _apply(cfg, section, key, value)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'section.key=value' -> (section, key, value); the value is parsed as YAML.
+
+    String fields take the text as typed instead (see `_apply`).
+    """
+    if "=" not in text:
+        raise ConfigError(
+            f"override '{text}' is not of the form section.key=value (e.g. train.max_steps=100)"
+        )
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"override '{text}': the key must be section.key (e.g. model.num_layers=2)"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts[0], parts[1], value
+
+
+def find_config_file(name_or_path: str) -> Path:
+    """A YAML path, or a bare name ('tiny', '1b') looked up in the project's configs/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist; check the path")
+        return path
+    candidate = Path(__file__).resolve().parent.parent / "configs" / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise ConfigError(f"config '{name_or_path}' is neither a YAML file nor a name in configs/")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then the dotted overrides, in that order."""
+    cfg = Config()
+    if path is not None:
+        file = find_config_file(str(path))
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(f"{file}: not valid YAML{where}: {problem}") from err
+        _apply_mapping(cfg, data, str(file))
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        _apply(cfg, section, key, value, raw=text.split("=", 1)[1].strip())
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+_CHOICES = {
+    "model.attention_backend": ("auto", "sdpa", "flash", "local", "te"),
+    "nextlat.objective": ("nextlat", "ntp"),
+    "train.lr_schedule": ("cosine", "constant"),
+    "precision.dtype": ("auto", "fp32", "bf16"),
+    "logging.wandb": ("offline", "online", "disabled"),
+}
+
+
+def validate(cfg: Config, world_size: int | None = None) -> None:
+    """Raise ConfigError on the first mistake. `world_size` defaults to $WORLD_SIZE or 1."""
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    m, n, t, p = cfg.model, cfg.nextlat, cfg.train, cfg.parallel
+
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+    positive = {
+        "model.num_layers": m.num_layers, "model.hidden_size": m.hidden_size,
+        "model.num_heads": m.num_heads, "model.seq_len": m.seq_len,
+        "train.max_steps": t.max_steps, "train.micro_batch_size": t.micro_batch_size,
+        "train.global_batch_size": t.global_batch_size, "parallel.tp": p.tp,
+        "parallel.pp": p.pp, "logging.interval": cfg.logging.interval,
+        "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1 (got {value})")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive (got {t.lr})")
+    if not 0 <= t.min_lr <= t.lr:
+        raise ConfigError(f"train.min_lr must lie in [0, train.lr={t.lr}] (got {t.min_lr})")
+    for key, value in {"model.hidden_dropout": m.hidden_dropout,
+                       "model.attention_dropout": m.attention_dropout}.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key} must lie in [0, 1) (got {value})")
+
+    # --- model shape ---
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
+            f"{m.num_heads}; pick a head count that divides the width"
+        )
+    if (m.hidden_size // m.num_heads) % 2:
+        raise ConfigError("model.hidden_size / model.num_heads must be even for RoPE")
+    groups = cfg.num_query_groups
+    if groups < 1 or m.num_heads % groups:
+        raise ConfigError(
+            f"model.num_query_groups={m.num_query_groups} must divide model.num_heads="
+            f"{m.num_heads} (0 means one group per head)"
+        )
+    if m.seq_len > cfg.max_position_embeddings:
+        raise ConfigError(
+            f"model.seq_len={m.seq_len} exceeds the position limit "
+            f"model.max_position_embeddings={cfg.max_position_embeddings}; lower seq_len or "
+            f"raise max_position_embeddings"
+        )
+
+    # --- NextLat ---
+    if n.horizon < 1:
+        raise ConfigError(
+            f"nextlat.horizon must be at least 1 (got {n.horizon}); use nextlat.objective=ntp "
+            f"for the plain next-token baseline"
+        )
+    if n.horizon >= m.seq_len:
+        raise ConfigError(
+            f"nextlat.horizon={n.horizon} must be smaller than model.seq_len={m.seq_len}"
+        )
+    for key, value in {"nextlat.lambda_latent": n.lambda_latent,
+                       "nextlat.lambda_kl": n.lambda_kl}.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0 (got {value}); the paper uses 0.1 to 2")
+    if n.smooth_l1_beta <= 0:
+        raise ConfigError(f"nextlat.smooth_l1_beta must be positive (got {n.smooth_l1_beta})")
+    if n.kl_temperature <= 0:
+        raise ConfigError(f"nextlat.kl_temperature must be positive (got {n.kl_temperature})")
+    if n.proj_factor <= 0:
+        raise ConfigError(f"nextlat.proj_factor must be positive (got {n.proj_factor})")
+    if n.psi_width < 0:
+        raise ConfigError(f"nextlat.psi_width must be >= 0 (got {n.psi_width}; 0 = automatic)")
+    if cfg.uses_psi and cfg.psi_width < 1:
+        raise ConfigError(
+            f"nextlat.proj_factor={n.proj_factor} gives ψ width 0 for model.hidden_size="
+            f"{m.hidden_size}; raise proj_factor or set nextlat.psi_width"
+        )
+
+    # --- parallel layout ---
+    if m.num_heads % p.tp:
+        raise ConfigError(
+            f"model.num_heads={m.num_heads} is not divisible by parallel.tp={p.tp}; "
+            f"choose a tp that divides the head count"
+        )
+    if groups % p.tp:
+        raise ConfigError(
+            f"model.num_query_groups={groups} is not divisible by parallel.tp={p.tp}; "
+            f"each TP rank needs whole key/value groups"
+        )
+    if cfg.ffn_hidden_size < 1:
+        raise ConfigError(
+            f"the Llama MLP-width rule gives 0 for model.hidden_size={m.hidden_size}; "
+            f"set model.ffn_hidden_size"
+        )
+    if cfg.ffn_hidden_size % p.tp:
+        raise ConfigError(
+            f"the MLP width {cfg.ffn_hidden_size} is not divisible by parallel.tp={p.tp}; "
+            f"set model.ffn_hidden_size to a multiple of tp"
+        )
+    if cfg.uses_psi and (cfg.psi_width % p.tp or m.hidden_size % p.tp):
+        raise ConfigError(
+            f"ψ is sharded over TP: its width {cfg.psi_width} and model.hidden_size="
+            f"{m.hidden_size} must be divisible by parallel.tp={p.tp}"
+        )
+    if p.pp != 1:
+        raise ConfigError(
+            "parallel.pp > 1 (pipeline parallelism) is not available yet in this version; "
+            "set parallel.pp=1"
+        )
+    if world_size % (p.tp * p.pp):
+        raise ConfigError(
+            f"the world size {world_size} is not a multiple of parallel.tp × parallel.pp = "
+            f"{p.tp * p.pp}; launch tp×pp×dp processes"
+        )
+    dp = world_size // (p.tp * p.pp)
+    if dp != 1:
+        raise ConfigError(
+            f"{world_size} processes with parallel.tp={p.tp} leave data-parallel size {dp}; "
+            f"data parallelism is not available yet in this version: launch exactly "
+            f"parallel.tp × parallel.pp processes"
+        )
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by "
+            f"train.micro_batch_size={t.micro_batch_size} × data-parallel size {dp}"
+        )
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps must be >= 0 (got {t.warmup_steps})")

@@ -1,0 +1,117 @@
+"""Trainer callbacks for everything around the step: progress line, metrics.jsonl, wandb.
+
+The trainer calls them on the logging rank only (the last rank, which owns the last pipeline
+stage where the losses live). Each callback has one job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class Callback:
+    """Hooks the trainer calls; override what you need."""
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        """Once, before the first step, with static facts about the run."""
+
+    def on_log(self, metrics: dict[str, Any]) -> None:
+        """Every `logging.interval` steps (and the last), with that step's metrics."""
+
+    def on_eval(self, metrics: dict[str, Any]) -> None:
+        """After each validation pass."""
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        """Once, after the last step."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+            return f"{value:.2e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+class ConsoleProgress(Callback):
+    """One progress line per logged step: step, loss terms, lr, tokens/s."""
+
+    KEYS = ("loss", "ce", "latent", "kl", "lr", "grad_norm")
+
+    def __init__(self, max_steps: int, stream: TextIO = sys.stdout) -> None:
+        self.max_steps = max_steps
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        for key, value in info.items():
+            self._print(f"  {key}: {value}")
+
+    def on_log(self, metrics: dict[str, Any]) -> None:
+        width = len(str(self.max_steps))
+        parts = [f"step {metrics['step']:>{width}}/{self.max_steps}"]
+        parts += [f"{k} {_fmt(metrics[k])}" for k in self.KEYS if metrics.get(k) is not None]
+        parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
+        self._print(" | ".join(parts))
+
+    def on_eval(self, metrics: dict[str, Any]) -> None:
+        self._print(
+            f"validation at step {metrics['step']}: ce {metrics['val_ce']:.4f} "
+            f"(ppl {math.exp(min(metrics['val_ce'], 50)):.1f})"
+        )
+
+
+class JsonlMetrics(Callback):
+    """metrics.jsonl: one JSON object per logged step (and per validation pass)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def on_log(self, metrics: dict[str, Any]) -> None:
+        self._write(metrics)
+
+    def on_eval(self, metrics: dict[str, Any]) -> None:
+        self._write(metrics)
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        self._file.close()
+
+
+class WandbMetrics(Callback):
+    """wandb, offline by default: never waits on the network unless asked to (`online`)."""
+
+    def __init__(self, mode: str, project: str, name: str, run_dir: Path,
+                 config: dict[str, Any]) -> None:
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(run_dir),
+            mode=mode,
+            config=config,
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def on_log(self, metrics: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in metrics.items() if v is not None}, step=metrics["step"])
+
+    def on_eval(self, metrics: dict[str, Any]) -> None:
+        self.run.log(metrics, step=metrics["step"])
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        self.run.summary.update(summary)
+        self.run.finish()

@@ -1,0 +1,230 @@
+"""`nextlat-pt train`: build everything from the config, train, validate, save, report.
+
+Linear on purpose: validation of the config, process groups, data, model, optimizer,
+callbacks, the loop, the final checkpoint and plot, the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nextlat_pt.config import Config, save_config, validate
+from nextlat_pt.data.builtin_corpus import prepare_builtin_corpus, unigram_entropy
+from nextlat_pt.data.packed import GlobalBatchSampler, PackedTokenDataset, batch_iterator
+from nextlat_pt.model.gpt import ModelSpec, NextLatGPT, count_parameters, padded_vocab_size
+from nextlat_pt.model.nextlat_loss import NextLatLossConfig
+from nextlat_pt.parallel import distributed
+from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
+from nextlat_pt.train.checkpoint import save_checkpoint
+from nextlat_pt.train.optim import build_optimizer
+from nextlat_pt.train.plot import plot_losses
+from nextlat_pt.train.step import MicroBatch
+from nextlat_pt.train.trainer import Trainer
+
+# Held-out share of the built-in corpus's files (~30k tokens: enough for the eval batches).
+VALID_FRACTION = 0.02
+
+
+def compute_dtype(cfg: Config) -> torch.dtype | None:
+    """bf16 autocast (fp32 master weights) where asked or, for `auto`, on bf16-capable GPUs."""
+    if cfg.precision.dtype == "bf16":
+        return torch.bfloat16
+    if cfg.precision.dtype == "auto" and torch.cuda.is_available() \
+            and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def model_spec(cfg: Config, vocab_size: int) -> ModelSpec:
+    """The flat model description the network is built from."""
+    m = cfg.model
+    return ModelSpec(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_heads=m.num_heads,
+        num_query_groups=cfg.num_query_groups,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_embeddings=m.tie_embeddings,
+        rotary_base=m.rotary_base,
+        norm_eps=m.norm_eps,
+        init_std=m.init_std,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        attention_backend=m.attention_backend,
+        make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
+        psi_width=cfg.psi_width if cfg.uses_psi else 0,
+        psi_zero_init=cfg.nextlat.psi_zero_init,
+        tp=cfg.parallel.tp,
+        pp=cfg.parallel.pp,
+    )
+
+
+def loss_config(cfg: Config) -> NextLatLossConfig | None:
+    """The NextLat loss settings, or None for the plain next-token objective."""
+    if not cfg.uses_psi:
+        return None
+    n = cfg.nextlat
+    return NextLatLossConfig(
+        horizon=n.horizon,
+        lambda_latent=n.lambda_latent,
+        lambda_kl=n.lambda_kl,
+        smooth_l1_beta=n.smooth_l1_beta,
+        kl_temperature=n.kl_temperature,
+        detach_next_embedding=n.detach_next_embedding,
+        mask_prompt_in_latent=n.mask_prompt_in_latent,
+    )
+
+
+def _log(layout: distributed.ParallelLayout):
+    def log(message: str) -> None:
+        if layout.is_logging_rank:
+            print(message, flush=True)
+
+    return log
+
+
+def _load_data(cfg: Config, layout: distributed.ParallelLayout):
+    """The built-in corpus; rank 0 builds the cache (tokenizer + tokens), the others wait."""
+    log = _log(layout)
+    if layout.rank == 0:
+        corpus = prepare_builtin_corpus(cfg.cache_dir, cfg.data.builtin_vocab_size,
+                                        valid_fraction=VALID_FRACTION, log=log)
+    if dist.is_initialized():
+        dist.barrier()
+    if layout.rank != 0:
+        corpus = prepare_builtin_corpus(cfg.cache_dir, cfg.data.builtin_vocab_size,
+                                        valid_fraction=VALID_FRACTION, log=lambda _: None)
+    return corpus
+
+
+def _micro_batches(dataset: PackedTokenDataset, sampler: GlobalBatchSampler, micro: int,
+                   device: torch.device) -> Iterator[list[MicroBatch]]:
+    for group in batch_iterator(dataset, sampler, micro):
+        yield [MicroBatch.from_sample(sample, device) for sample in group]
+
+
+def _validation(dataset: PackedTokenDataset, cfg: Config, device: torch.device):
+    """A fixed set of validation micro-batches (the first windows of the held-out split)."""
+    micro = cfg.train.micro_batch_size
+    count = min(cfg.train.eval_batches, len(dataset) // micro)
+    if count < 1:
+        raise ValueError(
+            f"the validation split has {len(dataset)} windows of model.seq_len="
+            f"{cfg.model.seq_len}, fewer than one micro-batch ({micro}); lower seq_len"
+        )
+    batches = []
+    for b in range(count):
+        samples = [dataset[b * micro + j] for j in range(micro)]
+        stacked = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+        batches.append(MicroBatch.from_sample(stacked, device))
+    return lambda: batches
+
+
+def run_training(cfg: Config) -> dict[str, Any]:
+    """Train the model `cfg` describes; returns the summary (final losses, entropy, paths)."""
+    validate(cfg)
+    layout = distributed.initialize(cfg.parallel.tp, cfg.parallel.pp, seed=cfg.run.seed)
+    log = _log(layout)
+    device = distributed.device()
+    run_dir = cfg.run_dir
+    if layout.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    corpus = _load_data(cfg, layout)
+    tokenizer = corpus.tokenizer
+    train_set = PackedTokenDataset(corpus.train_tokens, cfg.model.seq_len, tokenizer.eos_id)
+    valid_set = PackedTokenDataset(corpus.valid_tokens, cfg.model.seq_len, tokenizer.eos_id)
+    dp_rank = layout.rank // (layout.tp * layout.pp)
+    sampler = GlobalBatchSampler(len(train_set), cfg.train.global_batch_size, cfg.run.seed,
+                                 dp_rank=dp_rank, dp_size=layout.dp)
+
+    torch.manual_seed(cfg.run.seed)  # identical initial weights for any layout
+    spec = model_spec(cfg, tokenizer.vocab_size)
+    model = NextLatGPT(spec).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    autocast_dtype = compute_dtype(cfg)
+
+    counts = count_parameters(model)
+    info = {
+        "run dir": str(run_dir),
+        "objective": cfg.nextlat.objective + (
+            f" (d={cfg.nextlat.horizon}, λ_h={cfg.nextlat.lambda_latent}, "
+            f"λ_KL={cfg.nextlat.lambda_kl})" if cfg.uses_psi else ""),
+        "parameters (this rank)": f"trunk {counts['trunk']:,}, ψ {counts['psi']:,}",
+        "layout": f"world {layout.world_size}: tp {layout.tp} × pp {layout.pp} × dp {layout.dp}",
+        "attention": model.attention_backend,
+        "precision": "bf16 autocast, fp32 weights" if autocast_dtype else "fp32",
+        "vocab": f"{tokenizer.vocab_size} (padded to "
+                 f"{padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)})",  # noqa: E501
+        "data": f"built-in corpus: {corpus.num_files} files, {len(corpus.train_tokens):,} "
+                f"train tokens, {len(corpus.valid_tokens):,} validation tokens",
+    }
+
+    callbacks: list[Callback] = []
+    if layout.is_logging_rank:
+        callbacks.append(ConsoleProgress(cfg.train.max_steps))
+        callbacks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
+        if cfg.logging.wandb != "disabled":
+            callbacks.append(WandbMetrics(cfg.logging.wandb, cfg.logging.wandb_project,
+                                          cfg.run.name, run_dir, cfg.to_dict()))
+
+    def trainer_state(trainer: Trainer) -> dict[str, Any]:
+        return {
+            "step": trainer.state.step,
+            "consumed_samples": trainer.state.consumed_samples,
+            "tokens_seen": trainer.state.tokens_seen,
+            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
+            "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
+                          "vocab_size": tokenizer.vocab_size},
+            "last_metrics": trainer.state.last_metrics,
+        }
+
+    def periodic_checkpoint(trainer: Trainer) -> None:
+        interval = cfg.checkpoint.interval
+        step = trainer.state.step
+        if interval and step % interval == 0 and step != cfg.train.max_steps:
+            save_checkpoint(cfg, model, optimizer, step, trainer_state(trainer))
+
+    trainer = Trainer(
+        cfg, layout, model, optimizer,
+        train_batches=_micro_batches(train_set, sampler, cfg.train.micro_batch_size, device),
+        valid_batches=_validation(valid_set, cfg, device),
+        loss_cfg=loss_config(cfg),
+        autocast_dtype=autocast_dtype,
+        callbacks=callbacks,
+        on_step_end=periodic_checkpoint,
+    )
+    summary = trainer.fit(info)
+    ckpt = save_checkpoint(cfg, model, optimizer, trainer.state.step, trainer_state(trainer))
+    entropy = unigram_entropy(corpus.train_tokens)
+    summary.update(unigram_entropy=entropy, checkpoint=str(ckpt), run_dir=str(run_dir))
+    trainer.close(summary)
+    if layout.is_logging_rank:
+        if cfg.logging.plot:
+            plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=cfg.run.name)
+        val_ce = summary["val_ce"]
+        log(f"final validation CE {val_ce:.4f} nats/token (ppl {math.exp(min(val_ce, 50)):.1f}) "
+            f"vs unigram entropy {entropy:.4f} nats/token: {entropy - val_ce:+.4f} below")
+        log(f"run directory: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/)")
+    return summary
+
+
+def main(cfg: Config) -> int:
+    """Entry for the CLI: run, then tear the process groups down."""
+    try:
+        run_training(cfg)
+    finally:
+        distributed.destroy()
+        sys.stdout.flush()
+    return 0
+

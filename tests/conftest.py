@@ -1,0 +1,26 @@
+"""Shared pytest fixtures.
+
+`parallel_tp1` starts a world of one process (gloo on CPU) with megatron's parallel_state at
+TP=PP=1, once per test session: the single-process unit tests run the same code path as a
+real launch, vocab-parallel losses included.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("WANDB_MODE", "disabled")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
+
+
+@pytest.fixture(scope="session")
+def parallel_tp1():
+    """A one-process world with megatron's model-parallel state at TP=PP=1."""
+    from nextlat_pt.parallel import distributed
+
+    layout = distributed.initialize(tp=1, pp=1, seed=1234)
+    yield layout
