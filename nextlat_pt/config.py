@@ -72,10 +72,12 @@ class TrainConfig:
     max_steps: int = 250
     micro_batch_size: int = 8
     global_batch_size: int = 8
+    optimizer: str = "adamw"  # adamw | sgd (plain SGD: exposes gradient-scale errors in tests)
     lr: float = 2e-3
     min_lr: float = 2e-4
-    lr_schedule: str = "cosine"  # cosine | constant
+    lr_schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
     warmup_steps: int = 20
+    decay_steps: int = 0  # wsd: length of the final linear decay to min_lr
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -83,12 +85,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 0  # 0: only at the end
     eval_batches: int = 8
+    recompute_activations: bool = False  # recompute each layer's activations in backward
 
 
 @dataclass
 class ParallelConfig:
-    tp: int = 1
-    pp: int = 1
+    tp: int = 1  # tensor parallel size
+    pp: int = 1  # pipeline parallel size (1F1B schedule)
+    vpp: int = 0  # virtual stages per pipeline rank (interleaved 1F1B); 0: off
+    sp: bool = False  # sequence parallelism (needs tp > 1)
+    zero_stage: int = 1  # DeepSpeed ZeRO stage: 1 (optimizer states), 2 (+grads), 3 (+params)
 
 
 @dataclass
@@ -327,7 +333,9 @@ def save_config(cfg: Config, path: Path) -> None:
 _CHOICES = {
     "model.attention_backend": ("auto", "sdpa", "flash", "local", "te"),
     "nextlat.objective": ("nextlat", "ntp"),
-    "train.lr_schedule": ("cosine", "constant"),
+    "train.lr_schedule": ("cosine", "wsd", "constant"),
+    "train.optimizer": ("adamw", "sgd"),
+    "parallel.zero_stage": (1, 2, 3),
     "precision.dtype": ("auto", "fp32", "bf16"),
     "logging.wandb": ("offline", "online", "disabled"),
 }
@@ -343,7 +351,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}")
 
     positive = {
         "model.num_layers": m.num_layers, "model.hidden_size": m.hidden_size,
@@ -440,22 +448,46 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"ψ is sharded over TP: its width {cfg.psi_width} and model.hidden_size="
             f"{m.hidden_size} must be divisible by parallel.tp={p.tp}"
         )
-    if p.pp != 1:
-        raise ConfigError(
-            "parallel.pp > 1 (pipeline parallelism) is not available yet in this version; "
-            "set parallel.pp=1"
-        )
     if world_size % (p.tp * p.pp):
         raise ConfigError(
             f"the world size {world_size} is not a multiple of parallel.tp × parallel.pp = "
-            f"{p.tp * p.pp}; launch tp×pp×dp processes"
+            f"{p.tp}×{p.pp}; launch a multiple of {p.tp * p.pp} processes"
         )
     dp = world_size // (p.tp * p.pp)
-    if dp != 1:
+    if p.pp > 1 and p.zero_stage > 1:
         raise ConfigError(
-            f"{world_size} processes with parallel.tp={p.tp} leave data-parallel size {dp}; "
-            f"data parallelism is not available yet in this version: launch exactly "
-            f"parallel.tp × parallel.pp processes"
+            f"parallel.zero_stage={p.zero_stage} cannot be combined with pipeline parallelism "
+            f"(parallel.pp={p.pp}): DeepSpeed shards gradients per micro-batch; use "
+            f"parallel.zero_stage=1 or parallel.pp=1"
+        )
+    if m.num_layers % p.pp:
+        raise ConfigError(
+            f"model.num_layers={m.num_layers} is not divisible by parallel.pp={p.pp}; "
+            f"each pipeline stage needs the same number of layers"
+        )
+    if p.vpp < 0:
+        raise ConfigError(f"parallel.vpp must be >= 0 (got {p.vpp}; 0 = no virtual stages)")
+    if p.vpp:
+        if p.pp < 2:
+            raise ConfigError("parallel.vpp (interleaved virtual stages) needs parallel.pp > 1")
+        if m.num_layers % (p.pp * p.vpp):
+            raise ConfigError(
+                f"model.num_layers={m.num_layers} is not divisible by parallel.pp × "
+                f"parallel.vpp = {p.pp * p.vpp}; choose vpp so every virtual stage has layers"
+            )
+        micro_batches = t.global_batch_size // max(t.micro_batch_size * dp, 1)
+        if micro_batches % p.pp:
+            raise ConfigError(
+                f"interleaved pipelining needs the number of micro-batches per step "
+                f"({micro_batches}) to be a multiple of parallel.pp={p.pp}; adjust "
+                f"train.global_batch_size"
+            )
+    if p.sp and p.tp < 2:
+        raise ConfigError("parallel.sp (sequence parallelism) needs parallel.tp > 1")
+    if p.sp and m.seq_len % p.tp:
+        raise ConfigError(
+            f"model.seq_len={m.seq_len} must be divisible by parallel.tp={p.tp} for sequence "
+            f"parallelism"
         )
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(
@@ -464,3 +496,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         )
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps must be >= 0 (got {t.warmup_steps})")
+    if t.lr_schedule == "wsd" and not 0 < t.decay_steps <= t.max_steps - t.warmup_steps:
+        raise ConfigError(
+            f"train.decay_steps={t.decay_steps} must lie in [1, max_steps - warmup_steps = "
+            f"{t.max_steps - t.warmup_steps}] for train.lr_schedule=wsd"
+        )

@@ -6,17 +6,22 @@ logging or I/O. Shapes are sequence-first, as megatron keeps them: [T, B, ...].
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import VocabParallelEmbedding
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from torch import Tensor
 
 from nextlat_pt.model.attention import resolve_backend
+from nextlat_pt.model.init import init_weights
 from nextlat_pt.model.layer_spec import block_spec
 from nextlat_pt.model.psi import LatentDynamics
 
@@ -44,13 +49,21 @@ class ModelSpec:
     psi_zero_init: bool = False
     tp: int = 1
     pp: int = 1
+    vpp: int | None = None
+    sequence_parallel: bool = False
+    recompute: bool = False  # full activation recomputation of every layer
     params_dtype: torch.dtype = torch.float32
+    init_seed: int = 1234
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Round the vocabulary up to a multiple of divisible_by × TP, as megatron does."""
     multiple = divisible_by * tp
     return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def _skip_init(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 def transformer_config(spec: ModelSpec) -> TransformerConfig:
@@ -72,13 +85,21 @@ def transformer_config(spec: ModelSpec) -> TransformerConfig:
         init_method_std=spec.init_std,
         tensor_model_parallel_size=spec.tp,
         pipeline_model_parallel_size=spec.pp,
+        virtual_pipeline_model_parallel_size=spec.vpp,
+        sequence_parallel=spec.sequence_parallel,
         pipeline_dtype=spec.params_dtype,
+        recompute_granularity="full" if spec.recompute else None,
+        recompute_method="uniform" if spec.recompute else None,
+        recompute_num_layers=1 if spec.recompute else None,
         params_dtype=spec.params_dtype,
         bf16=spec.params_dtype == torch.bfloat16,
-        # Build the full weight on CPU from the seed, then take this rank's shard: the same
-        # seed gives the same model for every TP/PP layout.
+        # Weights are drawn by `init_weights` (per parameter, layout-independent). megatron
+        # still allocates and shards them (and tags the TP attributes) but draws nothing.
         use_cpu_initialization=True,
         perform_initialization=True,
+        init_method=_skip_init,
+        output_layer_init_method=_skip_init,
+        embedding_init_method=_skip_init,
         masked_softmax_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
@@ -87,19 +108,39 @@ def transformer_config(spec: ModelSpec) -> TransformerConfig:
     )
 
 
-@dataclass
-class ModelOutput:
-    """What the last stage hands the loss; on other stages only `hidden` is set."""
+class ModelOutput(NamedTuple):
+    """What the last stage hands the loss; on other stages only `hidden` is set.
+
+    A tuple, so that wrappers that walk outputs (DeepSpeed's backward hooks) see the tensors.
+    """
 
     hidden: Tensor  # h: [T, B, D] final post-norm hidden states (or the stage's output)
     logits: Tensor | None = None  # [T, B, V/tp], vocab-parallel
     input_embeddings: Tensor | None = None  # E(x_t): [T, B, D], only when ψ exists
 
 
+def embedding_lookup(weight: Tensor, input_ids: Tensor) -> Tensor:
+    """E(x) from a vocab-parallel table: [B, T] ids -> [T, B, D], summed over TP ranks.
+
+    Works on the full sequence whatever the sequence-parallel setting (ψ needs all of it).
+    """
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    ids = input_ids.t()
+    if tp == 1:
+        return F.embedding(ids, weight)
+    rows = weight.shape[0]
+    start = parallel_state.get_tensor_model_parallel_rank() * rows
+    outside = (ids < start) | (ids >= start + rows)
+    local = F.embedding((ids - start).masked_fill(outside, 0), weight)
+    local = local.masked_fill(outside.unsqueeze(-1), 0.0)
+    return tensor_parallel.reduce_from_tensor_model_parallel_region(local)
+
+
 class NextLatGPT(MegatronModule):
     """GPTModel + ψ. forward(input_ids [B, T]) -> ModelOutput."""
 
-    def __init__(self, spec: ModelSpec, pre_process: bool = True, post_process: bool = True):
+    def __init__(self, spec: ModelSpec, pre_process: bool = True, post_process: bool = True,
+                 vp_stage: int | None = None):
         self.spec = spec
         config = transformer_config(spec)
         super().__init__(config=config)
@@ -113,21 +154,55 @@ class NextLatGPT(MegatronModule):
         )
         self.gpt = GPTModel(
             config=config,
-            transformer_layer_spec=block_spec(config, self.attention_backend),
+            transformer_layer_spec=block_spec(config, self.attention_backend, vp_stage=vp_stage),
             vocab_size=self.padded_vocab_size,
             max_sequence_length=spec.max_position_embeddings,
             pre_process=pre_process,
             post_process=post_process,
             share_embeddings_and_output_weights=spec.tie_embeddings,
             position_embedding_type="rope",
+            vp_stage=vp_stage,
             rotary_base=int(spec.rotary_base),
             parallel_output=True,
         )
         self.psi = None
+        self.psi_embedding = None
+        # Tied weights on a last stage without the embedding: the LM head is megatron's copy
+        # of the input embedding (kept identical through the embedding group).
+        self.tied_head_copy = spec.tie_embeddings and post_process and not pre_process
         if post_process and spec.psi_width > 0:
+            self.psi = LatentDynamics(config, spec.psi_width)
+            if not pre_process and not spec.tie_embeddings:
+                # ψ reads E(x') on the last stage: a replica of the first stage's input
+                # embedding, initialised identically and kept identical by all-reducing its
+                # gradient with the original's over megatron's embedding group.
+                self.psi_embedding = VocabParallelEmbedding(
+                    self.padded_vocab_size, spec.hidden_size, init_method=config.init_method,
+                    config=config, reduce_scatter_embeddings=False,
+                )
+        init_weights(self, spec.init_seed, spec.init_std, spec.num_layers)
+        for param in self.embedding_group_params():
             if not pre_process:
-                raise NotImplementedError("ψ on a pipeline stage without the input embedding")
-            self.psi = LatentDynamics(config, spec.psi_width, zero_init_output=spec.psi_zero_init)
+                # A copy of the first stage's embedding: DeepSpeed must not count it twice in
+                # the gradient norm.
+                param.ds_pipe_replicated = True
+        if self.psi is not None and spec.psi_zero_init:
+            torch.nn.init.zeros_(self.psi.fc3.weight)  # ψ starts as the identity map
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
+                           metadata: dict | None = None) -> dict:
+        """megatron's reshardable state dict; ψ's embedding replica is saved as a replica of
+        the first stage's word embedding (same key), so any PP layout can load it."""
+        state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        replica_key = f"{prefix}psi_embedding.weight"
+        if replica_key in state:
+            tensor = state[replica_key]
+            state[replica_key] = dataclasses.replace(
+                tensor,
+                key=f"{prefix}gpt.embedding.word_embeddings.weight",
+                replica_id=(1, 0, parallel_state.get_data_parallel_rank()),
+            )
+        return state
 
     def set_input_tensor(self, input_tensor: Tensor | list[Tensor]) -> None:
         """Pipeline parallelism: the activation received from the previous stage."""
@@ -139,9 +214,26 @@ class NextLatGPT(MegatronModule):
             return self.gpt.shared_embedding_or_output_weight()
         return self.gpt.output_layer.weight
 
-    def word_embeddings(self, input_ids: Tensor) -> Tensor:
-        """E(x) for [B, T] token ids -> [T, B, D] (vocab-parallel lookup, no dropout)."""
-        return self.gpt.embedding.word_embeddings(input_ids).transpose(0, 1)
+    def psi_embedding_table(self) -> Tensor:
+        """The (local, vocab-parallel) input-embedding table ψ reads on this stage."""
+        if self.pre_process:
+            return self.gpt.embedding.word_embeddings.weight
+        if self.spec.tie_embeddings:
+            return self.gpt.output_layer.weight
+        return self.psi_embedding.weight
+
+    def embedding_group_params(self) -> list[Tensor]:
+        """Parameters whose gradients are summed over the embedding group (first + last stage)
+        when PP > 1: the input embedding and its last-stage copy (tied head or ψ's replica)."""
+        needs_copy = self.spec.tie_embeddings or self.spec.psi_width > 0
+        if self.spec.pp == 1 or not needs_copy:
+            return []
+        params = []
+        if self.pre_process:
+            params.append(self.gpt.embedding.word_embeddings.weight)
+        if self.post_process and not self.pre_process:
+            params.append(self.psi_embedding_table())
+        return params
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None) -> ModelOutput:
         """Run the trunk (this stage's layers) and, on the last stage, the LM head."""
@@ -160,12 +252,20 @@ class NextLatGPT(MegatronModule):
             self.gpt.shared_embedding_or_output_weight() if self.spec.tie_embeddings else None
         )
         logits, _ = self.gpt.output_layer(hidden, weight=output_weight)
-        embeddings = self.word_embeddings(input_ids) if self.psi is not None else None
+        embeddings = None
+        if self.psi is not None:
+            embeddings = embedding_lookup(self.psi_embedding_table(), input_ids)
+            if self.config.sequence_parallel:
+                # ψ rolls forward along the whole sequence; every TP rank computes the same
+                # loss from it, so the backward of the gather keeps each rank's own slice.
+                hidden = tensor_parallel.gather_from_sequence_parallel_region(
+                    hidden, tensor_parallel_output_grad=False
+                )
         return ModelOutput(hidden=hidden, logits=logits, input_embeddings=embeddings)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Local parameter counts: trunk (everything but ψ) and ψ."""
-    psi = sum(p.numel() for n, p in model.named_parameters() if n.startswith("psi."))
+    psi = sum(p.numel() for n, p in model.named_parameters() if "psi" in n.split("."))
     total = sum(p.numel() for p in model.parameters())
     return {"trunk": total - psi, "psi": psi, "total": total}

@@ -33,6 +33,7 @@ class LatentDynamics(MegatronModule):
     """ψ(h, e) -> ĥ_next. Inputs and output are [..., D] with D the model width."""
 
     def __init__(self, config: TransformerConfig, width: int, zero_init_output: bool = False):
+        """Build ψ; weights come from megatron's init (or `model.init.init_weights` later)."""
         # ψ always sees the full sequence (the caller gathers it under sequence parallelism).
         config = dataclasses.replace(config, sequence_parallel=False)
         super().__init__(config=config)
@@ -45,6 +46,10 @@ class LatentDynamics(MegatronModule):
             width, width, input_is_parallel=True, skip_bias_add=False, **common
         )
         self.fc3 = ColumnParallelLinear(width, d, gather_output=True, **common)
+        # normal(0, σ) for standalone use; NextLatGPT redraws them with `init_weights`.
+        with torch.no_grad():
+            for layer in (self.fc1, self.fc2, self.fc3):
+                torch.nn.init.normal_(layer.weight, 0.0, config.init_method_std)
         if zero_init_output:
             # ψ starts as the identity map: ĥ_next = h.
             torch.nn.init.zeros_(self.fc3.weight)

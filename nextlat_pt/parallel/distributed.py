@@ -71,18 +71,25 @@ def initialize(tp: int = 1, pp: int = 1, vpp: int | None = None, seed: int = 123
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     if not dist.is_initialized():
-        if world_size == 1 and "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
-        os.environ.setdefault("MASTER_PORT", "29500")
         if use_cuda:
             torch.cuda.set_device(local_rank)
+        init_method = None
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:
+            # A world of one: a private port, not exported, so child processes (tests, tools)
+            # never inherit it.
+            init_method = f"tcp://127.0.0.1:{_free_port()}"
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
+            init_method=init_method,
             world_size=world_size,
             rank=rank,
             timeout=timedelta(minutes=timeout_minutes),
         )
+    # DeepSpeed reads the rank layout from the environment (torchrun sets it; srun and a
+    # plain single process do not).
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world_size))
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp,

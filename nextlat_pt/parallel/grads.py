@@ -39,3 +39,23 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
             if p.grad is not None:
                 p.grad.mul_(scale)
     return norm
+
+
+def register_sequence_parallel_grad_hooks(model: torch.nn.Module) -> int:
+    """Under sequence parallelism each TP rank sees a slice of the sequence, so parameters
+    applied per position outside TP-sharded layers (the norms, tagged `sequence_parallel`)
+    get partial gradients. A hook sums each micro-batch's contribution over the TP group as
+    it is produced, before any optimizer wrapper reads it. Returns the number of hooks."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    count = 0
+    for param in model.parameters():
+        if getattr(param, "sequence_parallel", False) and param.requires_grad:
+
+            def hook(grad: torch.Tensor) -> torch.Tensor:
+                grad = grad.clone()
+                dist.all_reduce(grad, group=group)
+                return grad
+
+            param.register_hook(hook)
+            count += 1
+    return count

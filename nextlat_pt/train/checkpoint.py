@@ -2,7 +2,7 @@
 
     <checkpoint.dir>/step_0000150/
         model/             megatron dist_checkpointing (reshardable across TP/PP)
-        optim/rank_00000.pt  this rank's optimizer state (torch, tensors only)
+        deepspeed/         the DeepSpeed engine's (ZeRO-partitioned) optimizer state
         trainer_state.json step, consumed samples, layout, tokenizer fingerprint
         config.yaml        the resolved run config
         COMPLETE           written last, with the sha256 of every other file
@@ -48,8 +48,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_checkpoint(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    step: int, trainer_state: dict[str, Any]) -> Path:
+def model_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
+    """One chunk: its sharded state dict; virtual pipeline chunks: one entry per chunk.
+
+    The tensors' keys are global (layer numbers include the stage offset), so any layout can
+    load what any other layout saved."""
+    if len(models) == 1:
+        return models[0].sharded_state_dict()
+    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(models)}
+
+
+def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, step: int,
+                    trainer_state: dict[str, Any]) -> Path:
     """Save model, optimizer and trainer state for `step` on every rank; returns the dir."""
     root = cfg.checkpoint_dir
     final = root / step_dir_name(step)
@@ -59,10 +69,9 @@ def save_checkpoint(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.
         if tmp.exists():
             shutil.rmtree(tmp)  # leftover of an interrupted save
         (tmp / "model").mkdir(parents=True)
-        (tmp / "optim").mkdir()
     _barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "model"))
-    torch.save(optimizer.state_dict(), tmp / "optim" / f"rank_{rank:05d}.pt")
+    dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"))
+    engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
     _barrier()
     if rank == 0:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
@@ -97,14 +106,16 @@ def verify_checksums(ckpt: Path) -> None:
             raise ValueError(f"checkpoint {ckpt}: {rel} fails its checksum")
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load weights saved with any TP/PP layout into `model` (this process's layout)."""
+def load_model_weights(models: list[torch.nn.Module], ckpt: Path) -> None:
+    """Load weights saved with any TP/PP layout into `models` (this process's layout)."""
     if not is_complete(ckpt):
         raise ValueError(
             f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
         )
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt / "model"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise ValueError(f"{ckpt}: missing keys {missing}, unexpected keys {unexpected}")
+    state = dist_checkpointing.load(model_sharded_state_dict(models), str(ckpt / "model"))
+    per_model = [state] if len(models) == 1 else [state[f"model{i}"] for i in range(len(models))]
+    for model, model_state in zip(models, per_model):
+        missing, unexpected = model.load_state_dict(model_state, strict=False)
+        missing = [k for k in missing if not k.endswith("_extra_state")]
+        if missing or unexpected:
+            raise ValueError(f"{ckpt}: missing keys {missing}, unexpected keys {unexpected}")

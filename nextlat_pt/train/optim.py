@@ -23,7 +23,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """torch AdamW over the model's local (possibly TP-sharded) parameters."""
+    """torch AdamW (or plain SGD) over the model's local (possibly TP-sharded) parameters."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
@@ -33,18 +35,25 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (1-based): linear warmup, then the schedule."""
+    """Learning rate for optimizer step `step` (1-based): linear warmup, then the schedule.
+
+    cosine: from lr to min_lr over the remaining steps. wsd (warmup-stable-decay, the paper's
+    1.3B schedule): lr until the last `decay_steps`, then linear to min_lr at max_steps.
+    constant: lr.
+    """
     if cfg.warmup_steps > 0 and step <= cfg.warmup_steps:
         return cfg.lr * step / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return cfg.lr
+    if cfg.lr_schedule == "wsd":
+        decay_start = cfg.max_steps - cfg.decay_steps
+        if step <= decay_start:
+            return cfg.lr
+        progress = min((step - decay_start) / cfg.decay_steps, 1.0)
+        return cfg.lr + (cfg.min_lr - cfg.lr) * progress
     # cosine from lr (end of warmup) to min_lr (last step)
     span = max(cfg.max_steps - cfg.warmup_steps, 1)
     progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Apply `lr` to every parameter group."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr

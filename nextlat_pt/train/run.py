@@ -13,74 +13,23 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 
 from nextlat_pt.config import Config, save_config, validate
 from nextlat_pt.data.builtin_corpus import prepare_builtin_corpus, unigram_entropy
 from nextlat_pt.data.packed import GlobalBatchSampler, PackedTokenDataset, batch_iterator
-from nextlat_pt.model.gpt import ModelSpec, NextLatGPT, count_parameters, padded_vocab_size
-from nextlat_pt.model.nextlat_loss import NextLatLossConfig
+from nextlat_pt.model.gpt import count_parameters
 from nextlat_pt.parallel import distributed
+from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
+from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
 from nextlat_pt.train.checkpoint import save_checkpoint
-from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.plot import plot_losses
 from nextlat_pt.train.step import MicroBatch
 from nextlat_pt.train.trainer import Trainer
 
 # Held-out share of the built-in corpus's files (~30k tokens: enough for the eval batches).
 VALID_FRACTION = 0.02
-
-
-def compute_dtype(cfg: Config) -> torch.dtype | None:
-    """bf16 autocast (fp32 master weights) where asked or, for `auto`, on bf16-capable GPUs."""
-    if cfg.precision.dtype == "bf16":
-        return torch.bfloat16
-    if cfg.precision.dtype == "auto" and torch.cuda.is_available() \
-            and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def model_spec(cfg: Config, vocab_size: int) -> ModelSpec:
-    """The flat model description the network is built from."""
-    m = cfg.model
-    return ModelSpec(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_heads=m.num_heads,
-        num_query_groups=cfg.num_query_groups,
-        ffn_hidden_size=cfg.ffn_hidden_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_embeddings=m.tie_embeddings,
-        rotary_base=m.rotary_base,
-        norm_eps=m.norm_eps,
-        init_std=m.init_std,
-        hidden_dropout=m.hidden_dropout,
-        attention_dropout=m.attention_dropout,
-        attention_backend=m.attention_backend,
-        make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
-        psi_width=cfg.psi_width if cfg.uses_psi else 0,
-        psi_zero_init=cfg.nextlat.psi_zero_init,
-        tp=cfg.parallel.tp,
-        pp=cfg.parallel.pp,
-    )
-
-
-def loss_config(cfg: Config) -> NextLatLossConfig | None:
-    """The NextLat loss settings, or None for the plain next-token objective."""
-    if not cfg.uses_psi:
-        return None
-    n = cfg.nextlat
-    return NextLatLossConfig(
-        horizon=n.horizon,
-        lambda_latent=n.lambda_latent,
-        lambda_kl=n.lambda_kl,
-        smooth_l1_beta=n.smooth_l1_beta,
-        kl_temperature=n.kl_temperature,
-        detach_next_embedding=n.detach_next_embedding,
-        mask_prompt_in_latent=n.mask_prompt_in_latent,
-    )
 
 
 def _log(layout: distributed.ParallelLayout):
@@ -131,7 +80,8 @@ def _validation(dataset: PackedTokenDataset, cfg: Config, device: torch.device):
 def run_training(cfg: Config) -> dict[str, Any]:
     """Train the model `cfg` describes; returns the summary (final losses, entropy, paths)."""
     validate(cfg)
-    layout = distributed.initialize(cfg.parallel.tp, cfg.parallel.pp, seed=cfg.run.seed)
+    layout = distributed.initialize(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp or None,
+                                    seed=cfg.run.seed)
     log = _log(layout)
     device = distributed.device()
     run_dir = cfg.run_dir
@@ -144,28 +94,27 @@ def run_training(cfg: Config) -> dict[str, Any]:
     tokenizer = corpus.tokenizer
     train_set = PackedTokenDataset(corpus.train_tokens, cfg.model.seq_len, tokenizer.eos_id)
     valid_set = PackedTokenDataset(corpus.valid_tokens, cfg.model.seq_len, tokenizer.eos_id)
-    dp_rank = layout.rank // (layout.tp * layout.pp)
+    dp_rank = parallel_state.get_data_parallel_rank()
     sampler = GlobalBatchSampler(len(train_set), cfg.train.global_batch_size, cfg.run.seed,
                                  dp_rank=dp_rank, dp_size=layout.dp)
 
-    torch.manual_seed(cfg.run.seed)  # identical initial weights for any layout
-    spec = model_spec(cfg, tokenizer.vocab_size)
-    model = NextLatGPT(spec).to(device)
-    optimizer = build_optimizer(model, cfg.train)
-    autocast_dtype = compute_dtype(cfg)
-
-    counts = count_parameters(model)
+    chunks, engine = build_training(cfg, tokenizer.vocab_size, device)
+    models = [chunk.model for chunk in chunks]
+    counts = count_parameters(torch.nn.ModuleList(models))
     info = {
         "run dir": str(run_dir),
         "objective": cfg.nextlat.objective + (
             f" (d={cfg.nextlat.horizon}, λ_h={cfg.nextlat.lambda_latent}, "
             f"λ_KL={cfg.nextlat.lambda_kl})" if cfg.uses_psi else ""),
         "parameters (this rank)": f"trunk {counts['trunk']:,}, ψ {counts['psi']:,}",
-        "layout": f"world {layout.world_size}: tp {layout.tp} × pp {layout.pp} × dp {layout.dp}",
-        "attention": model.attention_backend,
-        "precision": "bf16 autocast, fp32 weights" if autocast_dtype else "fp32",
-        "vocab": f"{tokenizer.vocab_size} (padded to "
-                 f"{padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.tp)})",  # noqa: E501
+        "layout": (f"world {layout.world_size}: tp {layout.tp} × pp {layout.pp} × "
+                   f"dp {layout.dp}" + (f", vpp {cfg.parallel.vpp}" if cfg.parallel.vpp else "")
+                   + (", sequence parallel" if cfg.parallel.sp else "")
+                   + f", ZeRO-{cfg.parallel.zero_stage}"),
+        "attention": models[0].attention_backend,
+        "precision": "bf16 (fp32 master weights)"
+                     if models[0].spec.params_dtype == torch.bfloat16 else "fp32",
+        "vocab": f"{tokenizer.vocab_size} (padded to {models[0].padded_vocab_size})",
         "data": f"built-in corpus: {corpus.num_files} files, {len(corpus.train_tokens):,} "
                 f"train tokens, {len(corpus.valid_tokens):,} validation tokens",
     }
@@ -178,6 +127,8 @@ def run_training(cfg: Config) -> dict[str, Any]:
             callbacks.append(WandbMetrics(cfg.logging.wandb, cfg.logging.wandb_project,
                                           cfg.run.name, run_dir, cfg.to_dict()))
 
+    replica_diff = None
+
     def trainer_state(trainer: Trainer) -> dict[str, Any]:
         return {
             "step": trainer.state.step,
@@ -187,25 +138,30 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size},
             "last_metrics": trainer.state.last_metrics,
+            "embedding_replica_max_abs_diff": replica_diff,
         }
 
     def periodic_checkpoint(trainer: Trainer) -> None:
         interval = cfg.checkpoint.interval
         step = trainer.state.step
         if interval and step % interval == 0 and step != cfg.train.max_steps:
-            save_checkpoint(cfg, model, optimizer, step, trainer_state(trainer))
+            save_checkpoint(cfg, models, engine, step, trainer_state(trainer))
 
     trainer = Trainer(
-        cfg, layout, model, optimizer,
+        cfg, layout, engine, chunks,
         train_batches=_micro_batches(train_set, sampler, cfg.train.micro_batch_size, device),
         valid_batches=_validation(valid_set, cfg, device),
-        loss_cfg=loss_config(cfg),
-        autocast_dtype=autocast_dtype,
+        device=device,
         callbacks=callbacks,
         on_step_end=periodic_checkpoint,
     )
     summary = trainer.fit(info)
-    ckpt = save_checkpoint(cfg, model, optimizer, trainer.state.step, trainer_state(trainer))
+    replica_diff = replica_max_abs_diff(
+        [p for m in models for p in m.embedding_group_params()])
+    if replica_diff is not None:
+        summary["embedding_replica_max_abs_diff"] = replica_diff
+        log(f"last-stage embedding copy vs first stage: max |diff| {replica_diff:.3e}")
+    ckpt = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer))
     entropy = unigram_entropy(corpus.train_tokens)
     summary.update(unigram_entropy=entropy, checkpoint=str(ckpt), run_dir=str(run_dir))
     trainer.close(summary)

@@ -1,24 +1,19 @@
-"""One micro-batch through the model and the loss, in the form megatron's schedules expect.
+"""One micro-batch in the form megatron's schedules expect.
 
 megatron's `get_forward_backward_func()` calls `forward_step(data_iterator, model)` once per
 micro-batch; on the last pipeline stage it then calls the returned loss function on the
-model's output and back-propagates the loss it returns (divided by the number of
-micro-batches). The loss function also returns the detached terms for logging.
+output and back-propagates the loss it returns (divided by the number of micro-batches).
+The train module (model + NextLat loss) already returns (loss, detached terms).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from megatron.core import parallel_state
 from torch import Tensor
-
-from nextlat_pt.model.gpt import ModelOutput, NextLatGPT
-from nextlat_pt.model.nextlat_loss import NextLatLossConfig, next_token_loss, nextlat_loss
 
 
 @dataclass
@@ -49,42 +44,24 @@ class MicroBatch:
         )
 
 
-def compute_loss(model: NextLatGPT, loss_cfg: NextLatLossConfig | None, batch: MicroBatch,
-                 output: ModelOutput, ce_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-    """The objective for one micro-batch: NextLat when ψ exists, else plain next-token CE."""
-    if loss_cfg is None or model.psi is None or ce_only:
-        ce = next_token_loss(output.logits, batch.labels, batch.loss_mask)
-        return ce, {"loss": ce.detach().clone(), "ce": ce.detach().clone()}
-    terms = nextlat_loss(
-        hidden=output.hidden,
-        logits=output.logits,
-        labels=batch.labels,
-        input_embeddings=output.input_embeddings,
-        head_weight=model.head_weight(),
-        psi=model.psi,
-        loss_mask=batch.loss_mask,
-        doc_ids=batch.doc_ids,
-        cfg=loss_cfg,
-    )
-    return terms.total, terms.as_dict()
+def _loss_func(output: tuple[Tensor, dict[str, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+    total, terms = output
+    return total, terms
 
 
-def make_forward_step(loss_cfg: NextLatLossConfig | None, autocast_dtype: torch.dtype | None,
-                      ce_only: bool = False) -> Callable:
-    """A `forward_step_func` for megatron's schedules over an iterator of MicroBatch."""
+def make_forward_step(runner: Callable[..., object] | None = None) -> Callable:
+    """A `forward_step_func` that feeds each MicroBatch to `runner` (the DeepSpeed engine),
+    or, when `runner` is None, to the module chunk the schedule passes in (pipelining)."""
 
-    def forward_step(data_iterator: Iterator[MicroBatch], model: NextLatGPT):
+    def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
         batch = next(data_iterator)
-        device_type = batch.input_ids.device.type
-        autocast = (
-            torch.autocast(device_type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
+        module = runner if runner is not None else model
+        output = module(batch.input_ids, batch.labels, batch.loss_mask, batch.doc_ids)
+        is_last = parallel_state.is_pipeline_last_stage(
+            ignore_virtual=False, vp_stage=getattr(model, "vp_stage", None)
         )
-        with autocast:
-            output = model(batch.input_ids)
-        if not parallel_state.is_pipeline_last_stage():
-            return output.hidden, None
-        return output, partial(compute_loss, model, loss_cfg, batch, ce_only=ce_only)
+        if not is_last:
+            return output, None
+        return output, _loss_func
 
     return forward_step

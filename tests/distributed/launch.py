@@ -12,6 +12,8 @@ def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 240,
              cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Launch `script args...` on `nproc` local processes; raise with the log on failure."""
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(script.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

@@ -22,6 +22,8 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 420,
     """`nextlat-pt ...` (or `torchrun --nproc_per_node=N -m nextlat_pt ...`); fail with logs."""
     env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else "2")
     env.pop("WANDB_MODE", None)  # the run's own logging.wandb setting decides
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
     if nproc == 1:
         cmd = [sys.executable, "-m", "nextlat_pt", *args]
     else:

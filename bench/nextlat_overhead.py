@@ -1,0 +1,365 @@
+"""How much slower is a NextLat training step than a next-token (NTP) step? Measured vs FLOPs.
+
+    python bench/nextlat_overhead.py [--repeats N] [--warmup W] [--d4] [--plain]
+                                     [--threads N] [--json PATH] [section.key=value ...]
+
+What is measured
+----------------
+One process, one model config (the tiny job by default: 4 layers, D=256, T=256, micro batch 8,
+vocab 4096), and the framework's real training step for each variant: NTP, NextLat d=1,
+NextLat d=2 (and d=4 with `--d4`). Each variant is built from a `Config` (the defaults plus
+the command line's overrides plus its objective) exactly as the trainer builds it
+(`nextlat_pt.train.build.build_training`: the model (weights drawn from `run.seed`, so the
+same initial trunk for every variant), the model + objective module, AdamW, the DeepSpeed
+engine), and every variant trains on the same random batch of token ids (one document, no
+prompt mask). A timed step is `Trainer.train_step` for PP = 1 minus data loading and
+logging: set the LR, megatron's `get_forward_backward_func()` over the micro-batches with
+`make_forward_step(engine)` (model forward, NTP or NextLat loss, backward), `engine.step()`
+(clipping + AdamW). `--plain` replaces the engine by the bare pieces: `NextLatGPT`,
+`NextLatTrainModule`, `build_optimizer`, `make_forward_step(module)`, `clip_grad_norm`,
+`optimizer.step()`. On CUDA the device is synchronised before the clock is read.
+
+Fairness on a noisy, shared machine: each variant is first warmed up (allocator, thread pool,
+kernel choice), then the variants are interleaved round-robin: every repeat runs one step of
+each variant, the order rotated by one each repeat, so slow phases of the machine hit all
+variants alike. We report medians and inter-quartile ranges (IQR = q75 − q25) of the step
+time, not means.
+
+How to read the table
+---------------------
+- `median s/step`, `IQR`: the step-time distribution of the variant.
+- `ratio meas.`: median(variant) / median(NTP). `paired` is the median over repeats of
+  (variant step / NTP step in the same repeat): less sensitive to drift of the machine.
+- `ratio FLOPs`: what `nextlat_pt.flops` predicts, total(NextLat d) / total(NTP), counting
+  matmuls and attention only (see that module for what is neglected).
+- `tokens/s`: trained tokens (global batch × T) per second, from the median.
+- `GFLOP/s`: the variant's predicted FLOPs per step / median step time, i.e. the achieved
+  matmul throughput. If NextLat's extra work ran as efficiently as the trunk, all variants
+  would show the same GFLOP/s and the measured ratio would equal the FLOP ratio; a lower
+  GFLOP/s for NextLat means its extra work is dominated by what the FLOP count neglects
+  (elementwise work over the vocabulary in the KL, small matmuls, memory traffic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nextlat_pt.config import Config, load_config, validate
+from nextlat_pt.flops import flops_per_token, parameter_counts
+from nextlat_pt.model.gpt import NextLatGPT, padded_vocab_size
+from nextlat_pt.parallel import distributed
+from nextlat_pt.parallel.deepspeed_engine import set_lr as set_engine_lr
+from nextlat_pt.parallel.grads import clip_grad_norm
+from nextlat_pt.train.build import build_training, loss_config, model_spec
+from nextlat_pt.train.optim import build_optimizer, lr_at
+from nextlat_pt.train.step import MicroBatch, make_forward_step
+from nextlat_pt.train.train_module import NextLatTrainModule
+
+
+@dataclass
+class Variant:
+    """One objective on the shared model config, with its own model and optimizer."""
+
+    name: str
+    horizon: int  # 0: NTP
+    cfg: Config
+    model: NextLatGPT
+    module: NextLatTrainModule  # model + objective: what megatron's schedule drives
+    engine: Any  # the DeepSpeed engine (the trainer's path), or None (--plain)
+    optimizer: torch.optim.Optimizer
+    forward_step: Any
+    flops_per_token: float
+    times: list[float] = field(default_factory=list)
+    steps: int = 0
+    last_loss: float = float("nan")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Median training-step time of NTP vs NextLat d=1, 2 (4), side by side.")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides, e.g. model.num_layers=2 train.micro_batch_size=4")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="measured rounds; each runs one step of every variant (default 20)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps per variant before measuring (default 2)")
+    parser.add_argument("--d4", action="store_true", help="also measure NextLat d=4")
+    parser.add_argument("--plain", action="store_true",
+                        help="torch AdamW + clip_grad_norm instead of the DeepSpeed engine")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the random batch")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads (default: leave torch's choice)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, torch threads and versions: what the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def vocab_size(cfg: Config) -> int:
+    """The bench's vocabulary: model.vocab_size, else the built-in tokenizer's size."""
+    return cfg.model.vocab_size or cfg.data.builtin_vocab_size
+
+
+def build_variant(name: str, horizon: int, overrides: list[str], device: torch.device,
+                  plain: bool) -> Variant:
+    """The variant's config, model and optimizer, built as the trainer builds them.
+
+    The weights are drawn per parameter from `run.seed`, so every variant starts from the
+    same trunk.
+    """
+    objective = ["nextlat.objective=ntp"] if horizon == 0 else [
+        "nextlat.objective=nextlat", f"nextlat.horizon={horizon}"]
+    cfg = load_config(None, list(overrides) + objective)
+    validate(cfg, world_size=1)
+    if cfg.parallel.tp * cfg.parallel.pp != 1:
+        raise SystemExit("this bench runs one process: parallel.tp and parallel.pp must be 1")
+    vocab = vocab_size(cfg)
+    spec = model_spec(cfg, vocab)
+    if plain:
+        model = NextLatGPT(spec).to(device)
+        module = NextLatTrainModule(model, loss_config(cfg))
+        optimizer = build_optimizer(module, cfg.train)
+        engine = None
+        forward_step = make_forward_step(module)
+    else:
+        chunks, engine = build_training(cfg, vocab, device)
+        module = chunks[0]
+        model = module.model
+        optimizer = engine.optimizer
+        forward_step = make_forward_step(engine)
+    module.train()
+    if horizon == 0:
+        flops = flops_per_token(spec, cfg.model.seq_len, 0, nextlat=False)
+    else:
+        flops = flops_per_token(spec, cfg.model.seq_len, horizon, nextlat=True,
+                                with_kl=cfg.nextlat.lambda_kl != 0.0)
+    return Variant(name=name, horizon=horizon, cfg=cfg, model=model, module=module,
+                   engine=engine, optimizer=optimizer, forward_step=forward_step,
+                   flops_per_token=flops.total)
+
+
+def random_batch(cfg: Config, seed: int, device: torch.device) -> list[MicroBatch]:
+    """One global batch of random token windows (T+1 tokens each), one document."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size(cfg), (cfg.train.global_batch_size, cfg.model.seq_len + 1),
+                           generator=gen)
+    micro = cfg.train.micro_batch_size
+    return [
+        MicroBatch.from_sample({"tokens": chunk, "doc_ids": torch.zeros_like(chunk)}, device)
+        for chunk in tokens.split(micro)
+    ]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(variant: Variant, batches: list[MicroBatch], forward_backward,
+               device: torch.device) -> float:
+    """One optimizer step as `Trainer.train_step` takes it (PP = 1); returns its wall time.
+
+    Engine path: lr -> schedule (micro-batches through the engine) -> engine.step() (clip +
+    AdamW + zero the grads). Plain path: lr, zero_grad, schedule, clip_grad_norm, AdamW.
+    """
+    cfg = variant.cfg.train
+    lr = lr_at(variant.steps + 1, cfg)
+    gc.collect()
+    _sync(device)
+    start = time.perf_counter()
+    if variant.engine is not None:
+        set_engine_lr(variant.engine, lr)
+    else:
+        for group in variant.optimizer.param_groups:
+            group["lr"] = lr
+        variant.optimizer.zero_grad(set_to_none=True)
+    records = forward_backward(
+        forward_step_func=variant.forward_step,
+        data_iterator=iter(batches),
+        model=[variant.module],
+        num_microbatches=len(batches),
+        seq_length=variant.cfg.model.seq_len,
+        micro_batch_size=cfg.micro_batch_size,
+        forward_only=False,
+    )
+    if variant.engine is not None:
+        variant.engine.step()
+    else:
+        clip_grad_norm([p for p in variant.module.parameters() if p.requires_grad],
+                       cfg.grad_clip)
+        variant.optimizer.step()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    variant.steps += 1
+    variant.last_loss = float(torch.stack([r["loss"].float() for r in records]).mean())
+    return elapsed
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(q25, median, q75); for a single value all three are that value."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q25, q50, q75 = statistics.quantiles(values, n=4, method="inclusive")
+    return q25, q50, q75
+
+
+def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, Any]]:
+    base = variants[0]
+    base_median = statistics.median(base.times)
+    rows = []
+    for v in variants:
+        q25, median, q75 = quartiles(v.times)
+        paired = statistics.median(t / b for t, b in zip(v.times, base.times))
+        rows.append({
+            "variant": v.name,
+            "horizon": v.horizon,
+            "median_s": median,
+            "iqr_s": q75 - q25,
+            "ratio_measured": median / base_median,
+            "ratio_paired": paired,
+            "ratio_flops": v.flops_per_token / base.flops_per_token,
+            "tokens_per_s": tokens_per_step / median,
+            "gflops_per_s": v.flops_per_token * tokens_per_step / median / 1e9,
+            "flops_per_token": v.flops_per_token,
+            "times_s": v.times,
+            "final_loss": v.last_loss,
+        })
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (f"{'variant':<12} {'median s/step':>13} {'IQR s':>8} {'ratio meas.':>11} "
+              f"{'paired':>7} {'ratio FLOPs':>11} {'tokens/s':>9} {'GFLOP/s':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['variant']:<12} {r['median_s']:>13.4f} {r['iqr_s']:>8.4f} "
+              f"{r['ratio_measured']:>11.3f} {r['ratio_paired']:>7.3f} "
+              f"{r['ratio_flops']:>11.3f} {r['tokens_per_s']:>9.0f} {r['gflops_per_s']:>8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    distributed.initialize(1, 1, seed=args.seed)
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    device = distributed.device()
+    horizons = [0, 1, 2] + ([4] if args.d4 else [])
+    variants = [
+        build_variant("NTP" if d == 0 else f"NextLat d={d}", d, args.overrides, device,
+                      args.plain)
+        for d in horizons
+    ]
+    cfg = variants[0].cfg
+    batches = random_batch(cfg, args.seed, device)
+    tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
+    forward_backward = get_forward_backward_func()
+
+    machine = machine_info()
+    nextlat_spec = variants[1].model.spec
+    counts = parameter_counts(nextlat_spec)
+    vocab = nextlat_spec.vocab_size
+    padded = padded_vocab_size(vocab, nextlat_spec.make_vocab_size_divisible_by, nextlat_spec.tp)
+    m = cfg.model
+    print(f"command: {command}")
+    print(f"machine: {machine['cpu']}; {machine['usable_cores']} usable cores "
+          f"({machine['cpu_count']} online); torch {machine['torch']} with "
+          f"{machine['torch_threads']} threads; python {machine['python']}"
+          + (f"; GPU {machine['gpu']}" if machine["gpu"] else "")
+          + (f"; load average {machine['load_average'][0]:.2f}"
+             if machine["load_average"] else ""))
+    print(f"model: {m.num_layers} layers, D={m.hidden_size}, {m.num_heads} heads "
+          f"({cfg.num_query_groups} kv groups), F={cfg.ffn_hidden_size}, vocab {vocab} "
+          f"(padded {padded}), T={m.seq_len}, ψ width {nextlat_spec.psi_width}; "
+          f"trunk {counts['trunk']:,} params, ψ {counts['psi']:,}; attention "
+          f"{variants[0].model.attention_backend}; device {device}")
+    print(f"step: global batch {cfg.train.global_batch_size} × T {m.seq_len} = "
+          f"{tokens_per_step} tokens, {len(batches)} micro-batch(es) of "
+          f"{cfg.train.micro_batch_size}; warmup {args.warmup} steps/variant, "
+          f"{args.repeats} interleaved repeats; step path: "
+          + ("torch AdamW + clip_grad_norm (--plain)" if args.plain
+             else f"DeepSpeed engine (ZeRO-{cfg.parallel.zero_stage}), as Trainer.train_step")
+          + f"; params {nextlat_spec.params_dtype}", flush=True)
+    if cfg.train.recompute_activations:
+        print("note: train.recompute_activations adds a forward of the layers that the FLOP "
+              "ratio does not count (it predicts model FLOPs)")
+
+    started = time.perf_counter()
+    for variant in variants:
+        for _ in range(args.warmup):
+            train_step(variant, batches, forward_backward, device)
+    for r in range(args.repeats):
+        shift = r % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            variant.times.append(train_step(variant, batches, forward_backward, device))
+    elapsed = time.perf_counter() - started
+
+    rows = summarize(variants, tokens_per_step)
+    print()
+    print_table(rows)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n({elapsed:.0f} s of stepping, load average now {load:.2f}; losses after the "
+          "last step: " + ", ".join(f"{r['variant']} {r['final_loss']:.3f}" for r in rows) + ")")
+
+    if args.json:
+        result = {
+            "command": command,
+            "machine": machine,
+            "config": cfg.to_dict(),
+            "tokens_per_step": tokens_per_step,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "results": rows,
+        }
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    distributed.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Build the trainable pieces from a config: model chunks, train modules, DeepSpeed engine."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state as ps
+
+from nextlat_pt.config import Config
+from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
+from nextlat_pt.model.nextlat_loss import NextLatLossConfig
+from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func
+from nextlat_pt.parallel.grads import register_sequence_parallel_grad_hooks
+from nextlat_pt.train.optim import build_optimizer
+from nextlat_pt.train.train_module import NextLatTrainModule
+
+
+def compute_dtype(cfg: Config) -> torch.dtype:
+    """bf16 (fp32 master weights in the optimizer) where asked or, for `auto`, on GPUs that
+    have it; fp32 otherwise (the CPU default)."""
+    if cfg.precision.dtype == "bf16":
+        return torch.bfloat16
+    if cfg.precision.dtype == "auto" and torch.cuda.is_available() \
+            and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def model_spec(cfg: Config, vocab_size: int) -> ModelSpec:
+    """The flat model description the network is built from."""
+    m, p = cfg.model, cfg.parallel
+    return ModelSpec(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_heads=m.num_heads,
+        num_query_groups=cfg.num_query_groups,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_embeddings=m.tie_embeddings,
+        rotary_base=m.rotary_base,
+        norm_eps=m.norm_eps,
+        init_std=m.init_std,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        attention_backend=m.attention_backend,
+        make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
+        psi_width=cfg.psi_width if cfg.uses_psi else 0,
+        psi_zero_init=cfg.nextlat.psi_zero_init,
+        tp=p.tp,
+        pp=p.pp,
+        vpp=p.vpp or None,
+        sequence_parallel=p.sp,
+        recompute=cfg.train.recompute_activations,
+        params_dtype=compute_dtype(cfg),
+        init_seed=cfg.run.seed,
+    )
+
+
+def loss_config(cfg: Config) -> NextLatLossConfig | None:
+    """The NextLat loss settings, or None for the plain next-token objective."""
+    if not cfg.uses_psi:
+        return None
+    n = cfg.nextlat
+    return NextLatLossConfig(
+        horizon=n.horizon,
+        lambda_latent=n.lambda_latent,
+        lambda_kl=n.lambda_kl,
+        smooth_l1_beta=n.smooth_l1_beta,
+        kl_temperature=n.kl_temperature,
+        detach_next_embedding=n.detach_next_embedding,
+        mask_prompt_in_latent=n.mask_prompt_in_latent,
+    )
+
+
+def build_model_chunks(spec: ModelSpec, device: torch.device) -> list[NextLatGPT]:
+    """This rank's model: one chunk per virtual pipeline stage (one without interleaving)."""
+    if not spec.vpp:
+        return [NextLatGPT(spec, pre_process=ps.is_pipeline_first_stage(),
+                           post_process=ps.is_pipeline_last_stage()).to(device)]
+    return [
+        NextLatGPT(
+            spec,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=i),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=i),
+            vp_stage=i,
+        ).to(device)
+        for i in range(spec.vpp)
+    ]
+
+
+def build_training(cfg: Config, vocab_size: int, device: torch.device):
+    """Model chunks wrapped with the loss, AdamW, and the DeepSpeed engine over them.
+
+    Returns (chunks: list[NextLatTrainModule], engine).
+    """
+    spec = model_spec(cfg, vocab_size)
+    chunks = [NextLatTrainModule(model, loss_config(cfg))
+              for model in build_model_chunks(spec, device)]
+    if cfg.parallel.sp:
+        for chunk in chunks:
+            register_sequence_parallel_grad_hooks(chunk)
+    module = chunks[0] if len(chunks) == 1 else torch.nn.ModuleList(chunks)
+    optimizer = build_optimizer(module, cfg.train)
+    engine = build_engine(module, optimizer, cfg.parallel.zero_stage,
+                          cfg.train.micro_batch_size, cfg.train.grad_clip,
+                          bf16=spec.params_dtype == torch.bfloat16)
+    if cfg.parallel.pp == 1:
+        # Let megatron's schedule tell DeepSpeed which micro-batch ends the accumulation.
+        chunks[0].config.no_sync_func = no_sync_func(engine)
+    return chunks, engine
