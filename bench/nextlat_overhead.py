@@ -30,6 +30,10 @@ How to read the table
 - `median s/step`, `IQR`: the step-time distribution of the variant.
 - `ratio meas.`: median(variant) / median(NTP). `paired` is the median over repeats of
   (variant step / NTP step in the same repeat): less sensitive to drift of the machine.
+- `min s`, `ratio min`: the fastest step of each variant and the ratio of the minima: the
+  least disturbed estimate when other jobs share the cores (on such a machine the step times
+  are bimodal: quiet steps, and steps several times slower while a neighbour computes; with
+  2 threads on 2 shared cores one busy core stalls both, `--threads 1` is steadier).
 - `ratio FLOPs`: what `nextlat_pt.flops` predicts, total(NextLat d) / total(NTP), counting
   matmuls and attention only (see that module for what is neglected).
 - `tokens/s`: trained tokens (global batch × T) per second, from the median.
@@ -56,7 +60,7 @@ from typing import Any
 
 import torch
 
-from nextlat_pt.config import Config, load_config, validate
+from nextlat_pt.config import Config, ConfigError, load_config, validate
 from nextlat_pt.flops import flops_per_token, parameter_counts
 from nextlat_pt.model.gpt import NextLatGPT, padded_vocab_size
 from nextlat_pt.parallel import distributed
@@ -255,6 +259,8 @@ def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, A
             "horizon": v.horizon,
             "median_s": median,
             "iqr_s": q75 - q25,
+            "min_s": min(v.times),
+            "ratio_min": min(v.times) / min(base.times),
             "ratio_measured": median / base_median,
             "ratio_paired": paired,
             "ratio_flops": v.flops_per_token / base.flops_per_token,
@@ -268,14 +274,16 @@ def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, A
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (f"{'variant':<12} {'median s/step':>13} {'IQR s':>8} {'ratio meas.':>11} "
-              f"{'paired':>7} {'ratio FLOPs':>11} {'tokens/s':>9} {'GFLOP/s':>8}")
+    header = (f"{'variant':<12} {'median s/step':>13} {'IQR s':>7} {'ratio meas.':>11} "
+              f"{'paired':>6} {'min s':>6} {'ratio min':>9} {'ratio FLOPs':>11} "
+              f"{'tokens/s':>8} {'GFLOP/s':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<12} {r['median_s']:>13.4f} {r['iqr_s']:>8.4f} "
-              f"{r['ratio_measured']:>11.3f} {r['ratio_paired']:>7.3f} "
-              f"{r['ratio_flops']:>11.3f} {r['tokens_per_s']:>9.0f} {r['gflops_per_s']:>8.2f}")
+        print(f"{r['variant']:<12} {r['median_s']:>13.4f} {r['iqr_s']:>7.4f} "
+              f"{r['ratio_measured']:>11.3f} {r['ratio_paired']:>6.3f} {r['min_s']:>6.3f} "
+              f"{r['ratio_min']:>9.3f} {r['ratio_flops']:>11.3f} {r['tokens_per_s']:>8.0f} "
+              f"{r['gflops_per_s']:>7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,11 +296,16 @@ def main(argv: list[str] | None = None) -> int:
 
     device = distributed.device()
     horizons = [0, 1, 2] + ([4] if args.d4 else [])
-    variants = [
-        build_variant("NTP" if d == 0 else f"NextLat d={d}", d, args.overrides, device,
-                      args.plain)
-        for d in horizons
-    ]
+    try:
+        variants = [
+            build_variant("NTP" if d == 0 else f"NextLat d={d}", d, args.overrides, device,
+                          args.plain)
+            for d in horizons
+        ]
+    except ConfigError as err:
+        print(f"nextlat_overhead: config error: {err}", file=sys.stderr)
+        distributed.destroy()
+        return 2
     cfg = variants[0].cfg
     batches = random_batch(cfg, args.seed, device)
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len

@@ -52,6 +52,13 @@ Neglected (state of the accounting, not of the cost on every machine)
   wall-clock time than their FLOPs suggest.
 - The SmoothL1 term, masks, the optimizer step (≈ 10-20 FLOPs per parameter per step, not per
   token), gradient clipping, communication.
+- Activation recomputation (`ModelSpec.recompute`): these are model FLOPs; recomputing the
+  layers adds about one more forward of the blocks (2·P_blocks + a third of `attention`) that
+  the hardware executes, for NTP and NextLat alike (ψ is not recomputed).
+
+Scope: `parameter_counts` is the whole model as built with PP = 1. With PP > 1 the last stage
+also holds a copy of the input embedding for ψ (untied) or of the tied head; those copies are
+replicas, not counted here.
 
 The NextLat/NTP ratio is total(NextLat, d) / total(NTP) on the same trunk; see
 `nextlat_to_ntp_ratio` and `FlopsBreakdown.ratio_to`.

@@ -8,9 +8,13 @@ real launch, vocab-parallel losses included.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # shared helpers: tests/cli_runner.py
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -24,3 +28,9 @@ def parallel_tp1():
 
     layout = distributed.initialize(tp=1, pp=1, seed=1234)
     yield layout
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory) -> Path:
+    """One built-in-corpus cache (tokenizer + tokens) shared by every end-to-end run."""
+    return tmp_path_factory.mktemp("corpus_cache")

@@ -31,6 +31,7 @@ _PATCHED = (
     'pipeline_parallel/schedules.py:596/983/2138 torch.zeros(..., device="cuda")',
     'transformer/utils.py:35/40 default causal masks built with device="cuda"',
     "torch.cuda.synchronize -> no-op: dist_checkpointing/strategies/filesystem_async.py:230",
+    "Tensor.cuda -> the tensor itself: language_module.py:244 (tied embeddings with PP > 1)",
     "deepspeed: the deepspeed_shm_comm C++ op build is disabled (gloo is used instead)",
 )
 
@@ -140,6 +141,7 @@ def install() -> bool:
     # Process-wide, but only ever on a machine where these calls could only raise.
     torch.cuda.current_device = lambda: _CPU  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
 
     import megatron.core.pipeline_parallel.schedules as schedules
     import megatron.core.tensor_parallel.random as mrandom

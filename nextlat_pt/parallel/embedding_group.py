@@ -27,18 +27,23 @@ def allreduce_embedding_grads(params: list[torch.nn.Parameter]) -> None:
 
 
 def replica_max_abs_diff(params: list[torch.nn.Parameter]) -> float | None:
-    """Max |first-stage embedding - last-stage copy| on this rank's TP shard (a diagnostic).
+    """Max |first-stage embedding - last-stage copy| over all TP shards (a diagnostic).
 
-    Collective over the embedding group; returns the difference on the last stage, None
-    elsewhere or when there is no copy.
+    Every rank must call it (pass this rank's `embedding_group_params()`); every rank gets
+    the same answer, or None when the model keeps no copy (or PP = 1).
     """
-    if not params or parallel_state.get_pipeline_model_parallel_world_size() == 1:
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return None
-    weight = params[0].detach().float().clone()
-    group = parallel_state.get_embedding_group()
-    first = parallel_state.get_pipeline_model_parallel_first_rank()
-    original = weight.clone()
-    dist.broadcast(original, src=first, group=group)
-    if parallel_state.is_pipeline_last_stage():
-        return (weight - original).abs().max().item()
-    return None
+    device = params[0].device if params else torch.device("cpu")
+    # [has a copy, max diff]: MAX-reduced over the world so every rank learns both.
+    result = torch.zeros(2, device=device)
+    if params:
+        weight = params[0].detach().float()
+        original = weight.clone()
+        dist.broadcast(original, src=parallel_state.get_pipeline_model_parallel_first_rank(),
+                       group=parallel_state.get_embedding_group())
+        result[0] = 1.0
+        if parallel_state.is_pipeline_last_stage():
+            result[1] = (weight - original).abs().max()
+    dist.all_reduce(result, op=dist.ReduceOp.MAX)
+    return result[1].item() if result[0] > 0 else None

@@ -96,6 +96,13 @@ def build_training(cfg: Config, vocab_size: int, device: torch.device):
     spec = model_spec(cfg, vocab_size)
     chunks = [NextLatTrainModule(model, loss_config(cfg))
               for model in build_model_chunks(spec, device)]
+    if torch.distributed.get_backend() != "nccl":
+        # gloo pairs point-to-point messages by posting order. megatron's batched
+        # isend/irecv can then hand a backward gradient to a forward receive of the same
+        # shape when both directions run between the same two ranks (interleaved PP=2):
+        # silently wrong losses. Unbatched, megatron orders the ops by rank parity.
+        for chunk in chunks:
+            chunk.config.batch_p2p_comm = False
     if cfg.parallel.sp:
         for chunk in chunks:
             register_sequence_parallel_grad_hooks(chunk)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import read_jsonl, run_cli
+from cli_runner import read_jsonl, run_cli
 
 REQUIRED = {"step", "loss", "ce", "latent", "kl", "lr", "tokens_per_s"}
 

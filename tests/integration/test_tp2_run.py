@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import read_jsonl, run_cli
+from cli_runner import read_jsonl, run_cli
 
 
 def test_torchrun_tp2_train(tmp_path, corpus_cache):

@@ -89,6 +89,7 @@ _INERT_SCRIPT = """
     originals = {
         "current_device": torch.cuda.current_device,
         "synchronize": torch.cuda.synchronize,
+        "Tensor.cuda": torch.Tensor.cuda,
         "schedules.torch": schedules.torch,
         "transformer_utils.torch": transformer_utils.torch,
         "CudaRNGStatesTracker": mrandom.CudaRNGStatesTracker,
@@ -101,6 +102,7 @@ _INERT_SCRIPT = """
     now = {
         "current_device": torch.cuda.current_device,
         "synchronize": torch.cuda.synchronize,
+        "Tensor.cuda": torch.Tensor.cuda,
         "schedules.torch": schedules.torch,
         "transformer_utils.torch": transformer_utils.torch,
         "CudaRNGStatesTracker": mrandom.CudaRNGStatesTracker,

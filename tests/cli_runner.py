@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end tests: run the real CLI in a subprocess."""
+"""Run the real CLI in a subprocess (single process or torchrun) and read its outputs."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-
-@pytest.fixture(scope="session")
-def corpus_cache(tmp_path_factory) -> Path:
-    """One built-in-corpus cache (tokenizer + tokens) shared by every end-to-end run."""
-    return tmp_path_factory.mktemp("corpus_cache")
 
 
 def run_cli(args: list[str], nproc: int = 1, timeout: int = 420,
@@ -40,5 +32,6 @@ def run_cli(args: list[str], nproc: int = 1, timeout: int = 420,
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """All records of a metrics.jsonl file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
