@@ -35,7 +35,7 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn==2.8.3.post2"],
-        "test": ["pytest==9.2.0", "ruff==0.17.6"],
+        "test": ["pytest==9.2.0", "ruff==0.17.6", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["nextlat-pt=nextlat_pt.cli:main"]},
 )

@@ -41,6 +41,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(cfg)
 
 
+def _cmd_ckpt(args: argparse.Namespace) -> int:
+    from nextlat_pt.train.ckpt_tool import main as ckpt_main
+
+    return ckpt_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextlat-pt", description="Pretraining with Next-Latent Prediction (NextLat)."
@@ -53,12 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML file or a name in configs/ (default: tiny)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides")
     train.set_defaults(func=_cmd_train)
+    ckpt = sub.add_parser("ckpt", help="list or inspect checkpoints: ckpt list DIR | "
+                                       "ckpt inspect STEP_DIR [CONFIG] [k=v ...]",
+                          add_help=False)
+    ckpt.add_argument("rest", nargs=argparse.REMAINDER)
+    ckpt.set_defaults(func=_cmd_ckpt)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.command != "train":
+        _quiet_imports()
     return args.func(args)
 
 

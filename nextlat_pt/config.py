@@ -86,6 +86,7 @@ class TrainConfig:
     eval_interval: int = 0  # 0: only at the end
     eval_batches: int = 8
     recompute_activations: bool = False  # recompute each layer's activations in backward
+    exit_duration_mins: float = 0.0  # save and exit (code 75) after this wall time; 0: off
 
 
 @dataclass
@@ -104,7 +105,13 @@ class PrecisionConfig:
 
 @dataclass
 class DataConfig:
-    tokenizer: str = ""  # a sentencepiece .model; empty: the built-in corpus's own tokenizer
+    # Prepared shard directories (`nextlat-pt prepare-data`) blended by weight:
+    # [{path: DIR, weight: w}, ...]; empty: the built-in corpus.
+    train: list[dict[str, Any]] = field(default_factory=list)
+    valid: str = ""  # a prepared shard directory for validation
+    tokenizer: str = ""  # tokenizer dir or .model; must match the shards' fingerprint
+    on_error: str = "raise"  # raise | skip (corrupt samples skipped and counted)
+    prefetch: int = 2  # global batches read ahead in a background thread
     builtin_vocab_size: int = 4096
     cache_dir: str = ""  # default: runs/.cache
 
@@ -121,6 +128,10 @@ class LoggingConfig:
 class CheckpointConfig:
     interval: int = 0  # 0: only at the end of training
     dir: str = ""  # default: <run.dir>/checkpoints
+    keep: int = 3  # keep the newest N complete checkpoints; 0: all
+    resume: bool = True  # continue from the newest complete checkpoint in `dir`
+    load: str = ""  # start from another run's checkpoint (a step dir or a checkpoints dir)
+    load_weights_only: bool = False  # with `load`: weights only (fine-tuning)
 
 
 @dataclass
@@ -201,12 +212,40 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _coerce_sources(key: str, value: Any) -> list[dict[str, Any]]:
+    """A list of {path, weight} (a bare path, or a list of paths, means weight 1 each)."""
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, list) else [value]
+    sources = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) \
+                or not item["path"]:
+            raise ConfigError(
+                f"{key}: expected a list of {{path: DIR, weight: w}}, got {item!r}"
+            )
+        unknown = set(item) - {"path", "weight"}
+        if unknown:
+            raise ConfigError(f"{key}: unknown field(s) {sorted(unknown)} in {item!r}; "
+                              f"each source has path and weight")
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise ConfigError(f"{key}: the weight of {item['path']} must be a positive number, "
+                              f"got {weight!r}")
+        sources.append({"path": item["path"], "weight": float(weight)})
+    return sources
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Check/convert a YAML or CLI value to the field's declared type.
 
     YAML reads `3e-4` (no dot) as a string, so numeric strings are accepted for numbers.
     """
     origin = typing.get_origin(typ)
+    if origin is list:
+        return _coerce_sources(key, value)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None:
@@ -338,6 +377,7 @@ _CHOICES = {
     "parallel.zero_stage": (1, 2, 3),
     "precision.dtype": ("auto", "fp32", "bf16"),
     "logging.wandb": ("offline", "online", "disabled"),
+    "data.on_error": ("raise", "skip"),
 }
 
 
@@ -494,6 +534,10 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"train.global_batch_size={t.global_batch_size} is not divisible by "
             f"train.micro_batch_size={t.micro_batch_size} × data-parallel size {dp}"
         )
+    if cfg.checkpoint.keep < 0 or cfg.checkpoint.interval < 0:
+        raise ConfigError("checkpoint.keep and checkpoint.interval must be >= 0")
+    if t.exit_duration_mins < 0:
+        raise ConfigError(f"train.exit_duration_mins must be >= 0 (got {t.exit_duration_mins})")
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps must be >= 0 (got {t.warmup_steps})")
     if t.lr_schedule == "wsd" and not 0 < t.decay_steps <= t.max_steps - t.warmup_steps:

@@ -93,18 +93,22 @@ class WandbMetrics(Callback):
     """wandb, offline by default: never waits on the network unless asked to (`online`)."""
 
     def __init__(self, mode: str, project: str, name: str, run_dir: Path,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], run_id: str | None = None) -> None:
         import wandb
 
         self._wandb = wandb
+        # A resumed run continues the same wandb run (its id is kept in the checkpoint).
         self.run = wandb.init(
             project=project,
             name=name,
             dir=str(run_dir),
             mode=mode,
             config=config,
+            id=run_id,
+            resume="allow" if run_id else None,
             settings=wandb.Settings(silent=True, console="off"),
         )
+        self.run_id = self.run.id
 
     def on_log(self, metrics: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in metrics.items() if v is not None}, step=metrics["step"])

@@ -1,34 +1,48 @@
 """Checkpoints: one directory per step, complete only once its marker exists.
 
     <checkpoint.dir>/step_0000150/
-        model/             megatron dist_checkpointing (reshardable across TP/PP)
-        deepspeed/         the DeepSpeed engine's (ZeRO-partitioned) optimizer state
-        trainer_state.json step, consumed samples, layout, tokenizer fingerprint
-        config.yaml        the resolved run config
-        COMPLETE           written last, with the sha256 of every other file
-    <checkpoint.dir>/latest   the name of the newest complete checkpoint (switched atomically)
+        model/                       megatron dist_checkpointing (reshardable across TP/PP)
+        optim/tp00_pp00_dp000.pt     each rank's DeepSpeed (ZeRO-partitioned) optimizer state
+        rng/rank_00000.pt            each rank's torch and megatron-tracker RNG states
+        trainer_state.json           step, consumed samples, layout, tokenizer, data, wandb id
+        config.yaml                  the resolved run config
+        COMPLETE                     written last: the sha256 of every other file
+    <checkpoint.dir>/latest          the name of the newest complete checkpoint (atomic)
 
-Everything is first written under `step_N.tmp/` and renamed when complete, so a crash
-mid-save never leaves a directory that looks like a checkpoint.
+Everything is written under `step_N.tmp/` and renamed when complete, so a crash mid-save
+never leaves a directory that looks like a checkpoint, and `latest` only ever names complete
+ones. Loading verifies the checksums and never unpickles arbitrary objects: torch files are
+read with `weights_only=True` (plus an allow-list of DeepSpeed's plain state classes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from nextlat_pt.config import Config, save_config
 
 MARKER = "COMPLETE"
 LATEST = "latest"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason and what to do."""
 
 
 def step_dir_name(step: int) -> str:
@@ -48,6 +62,36 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def layout_of(cfg: Config) -> dict[str, int]:
+    """The parallel layout a checkpoint was written with (optimizer/RNG files follow it)."""
+    return {
+        "tp": ps.get_tensor_model_parallel_world_size(),
+        "pp": ps.get_pipeline_model_parallel_world_size(),
+        "dp": ps.get_data_parallel_world_size(),
+        "vpp": cfg.parallel.vpp,
+        "zero_stage": cfg.parallel.zero_stage,
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+    }
+
+
+def _optim_file(tp: int, pp: int, dp: int) -> str:
+    return f"optim/tp{tp:02d}_pp{pp:02d}_dp{dp:03d}.pt"
+
+
+def _my_optim_file() -> str:
+    return _optim_file(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+                       ps.get_data_parallel_rank())
+
+
+# ---------------------------------------------------------------------------------------------
+# model weights (reshardable)
+# ---------------------------------------------------------------------------------------------
+
+
 def model_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
     """One chunk: its sharded state dict; virtual pipeline chunks: one entry per chunk.
 
@@ -58,64 +102,234 @@ def model_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
     return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(models)}
 
 
+@contextlib.contextmanager
+def _full_parameters(models: list[torch.nn.Module], zero_stage: int, modify: bool):
+    """ZeRO-3 keeps each parameter partitioned across DP ranks; gather them while the
+    weights are read or written (with `modify`, rank 0's values are re-partitioned)."""
+    if zero_stage != 3:
+        yield
+        return
+    import deepspeed
+
+    params = [p for m in models for p in m.parameters()]
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+        yield
+
+
+def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: int = 1) -> None:
+    """Load weights saved with any TP/PP layout into `models` (this process's layout)."""
+    if not is_complete(ckpt):
+        raise CheckpointError(
+            f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
+        )
+    with _full_parameters(models, zero_stage, modify=True):
+        state = dist_checkpointing.load(model_sharded_state_dict(models), str(ckpt / "model"))
+        per_model = [state] if len(models) == 1 else [state[f"model{i}"]
+                                                      for i in range(len(models))]
+        for model, model_state in zip(models, per_model):
+            missing, unexpected = model.load_state_dict(model_state, strict=False)
+            missing = [k for k in missing if not k.endswith("_extra_state")]
+            if missing or unexpected:
+                raise CheckpointError(
+                    f"{ckpt}: missing keys {missing}, unexpected keys {unexpected}")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG and optimizer state (per rank)
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """This rank's RNG streams: torch (CPU, CUDA) and megatron's tracker (TP-region dropout)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "tracker": dict(get_cuda_rng_tracker().get_states())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _safe_load(path: Path) -> Any:
+    """torch.load without arbitrary unpickling: tensors, containers, and the few plain
+    DeepSpeed state classes found in its optimizer state dict."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+# ---------------------------------------------------------------------------------------------
+
+
 def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, step: int,
                     trainer_state: dict[str, Any]) -> Path:
-    """Save model, optimizer and trainer state for `step` on every rank; returns the dir."""
+    """Save model, optimizer, RNG and trainer state for `step` on every rank; returns the dir.
+
+    Collective: every rank must call it.
+    """
     root = cfg.checkpoint_dir
     final = root / step_dir_name(step)
     tmp = root / (step_dir_name(step) + ".tmp")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = _rank()
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)  # leftover of an interrupted save
-        (tmp / "model").mkdir(parents=True)
+        for sub in ("model", "optim", "rng"):
+            (tmp / sub).mkdir(parents=True)
     _barrier()
-    dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"))
-    engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
+    with _full_parameters(models, cfg.parallel.zero_stage, modify=False):
+        dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"))
+    torch.save(engine.optimizer.state_dict(), tmp / _my_optim_file())
+    torch.save(rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
     _barrier()
     if rank == 0:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        state = dict(trainer_state, format_version=FORMAT_VERSION, layout=layout_of(cfg))
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         save_config(cfg, tmp / "config.yaml")
-        checksums = {
-            str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
-        (tmp / MARKER).write_text(json.dumps({"step": step, "sha256": checksums}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        latest_tmp = root / (LATEST + ".tmp")
-        latest_tmp.write_text(final.name + "\n")
-        os.replace(latest_tmp, root / LATEST)
+        # Fault injection for the kill-during-save test: a window in which everything but
+        # the marker is on disk.
+        time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_SAVE_DELAY", "0")))
+        _finalize(tmp, final, step)
+        prune(root, cfg.checkpoint.keep)
     _barrier()
     return final
 
 
+def _finalize(tmp: Path, final: Path, step: int) -> None:
+    """Marker last (with checksums), then the rename, then `latest`: each step atomic."""
+    checksums = {str(p.relative_to(tmp)): _sha256(p)
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+    sizes = sum((tmp / rel).stat().st_size for rel in checksums)
+    marker = {"step": step, "bytes": sizes, "sha256": checksums}
+    marker_tmp = tmp / (MARKER + ".tmp")
+    marker_tmp.write_text(json.dumps(marker, indent=2))
+    os.replace(marker_tmp, tmp / MARKER)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = final.parent / (LATEST + ".tmp")
+    latest_tmp.write_text(final.name + "\n")
+    os.replace(latest_tmp, final.parent / LATEST)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints (0 keeps all); drop stale .tmp dirs."""
+    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and is_complete(p))
+    if keep > 0:
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# find and load
+# ---------------------------------------------------------------------------------------------
+
+
 def is_complete(ckpt: Path) -> bool:
     """A checkpoint counts only with its marker (checksums are verified on load)."""
-    return (ckpt / MARKER).is_file()
+    return (ckpt / MARKER).is_file() and not ckpt.name.endswith(".tmp")
 
 
 def verify_checksums(ckpt: Path) -> None:
-    """Raise ValueError naming the first file whose sha256 differs from the marker's record."""
-    record = json.loads((ckpt / MARKER).read_text())
+    """Raise CheckpointError naming the first file whose sha256 differs from the marker's."""
+    try:
+        record = json.loads((ckpt / MARKER).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {ckpt}: unreadable {MARKER} marker ({err})") from err
     for rel, expected in record["sha256"].items():
         path = ckpt / rel
         if not path.is_file():
-            raise ValueError(f"checkpoint {ckpt}: {rel} is missing")
+            raise CheckpointError(f"checkpoint {ckpt}: {rel} is missing")
         if _sha256(path) != expected:
-            raise ValueError(f"checkpoint {ckpt}: {rel} fails its checksum")
+            raise CheckpointError(f"checkpoint {ckpt}: {rel} fails its checksum")
 
 
-def load_model_weights(models: list[torch.nn.Module], ckpt: Path) -> None:
-    """Load weights saved with any TP/PP layout into `models` (this process's layout)."""
-    if not is_complete(ckpt):
-        raise ValueError(
-            f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
-        )
-    state = dist_checkpointing.load(model_sharded_state_dict(models), str(ckpt / "model"))
-    per_model = [state] if len(models) == 1 else [state[f"model{i}"] for i in range(len(models))]
-    for model, model_state in zip(models, per_model):
-        missing, unexpected = model.load_state_dict(model_state, strict=False)
-        missing = [k for k in missing if not k.endswith("_extra_state")]
-        if missing or unexpected:
-            raise ValueError(f"{ckpt}: missing keys {missing}, unexpected keys {unexpected}")
+def list_checkpoints(root: Path) -> list[Path]:
+    """Every step directory under `root` (complete or not), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir())
+
+
+def find_latest_valid(root: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint that is complete and passes its checksums; warns about each
+    newer one that is skipped, naming it."""
+    for ckpt in reversed(list_checkpoints(root)):
+        if ckpt.name.endswith(".tmp"):
+            warn(f"skipping {ckpt}: an interrupted save (no rename)")
+            continue
+        if not is_complete(ckpt):
+            warn(f"skipping {ckpt}: no {MARKER} marker (the save did not finish)")
+            continue
+        try:
+            verify_checksums(ckpt)
+        except CheckpointError as err:
+            warn(f"skipping {err}")
+            continue
+        return ckpt
+    return None
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+@dataclass
+class Restored:
+    """What `load_checkpoint` restored, and what starts fresh (with the reason)."""
+
+    trainer_state: dict[str, Any]
+    optimizer: bool
+    rng: bool
+    notes: list[str]
+
+
+def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engine: Any,
+                    weights_only: bool = False) -> Restored:
+    """Restore `ckpt` into this run. Weights always (resharded to this layout); optimizer
+    and RNG only when the layout is the one they were written with."""
+    state = read_trainer_state(ckpt)
+    load_model_weights(models, ckpt, cfg.parallel.zero_stage)
+    notes: list[str] = []
+    same_layout = state.get("layout") == layout_of(cfg)
+    optimizer = rng = False
+    if weights_only:
+        notes.append("weights only (checkpoint.load_weights_only): optimizer, RNG and data "
+                     "position start fresh")
+    elif not same_layout:
+        notes.append(
+            f"layout changed ({_fmt_layout(state.get('layout'))} -> "
+            f"{_fmt_layout(layout_of(cfg))}): weights resharded; the optimizer state "
+            f"(AdamW moments) and RNG streams start fresh; the data position carries over")
+    else:
+        _load_optimizer(ckpt, engine)
+        set_rng_state(_safe_load(ckpt / "rng" / f"rank_{_rank():05d}.pt"))
+        optimizer = rng = True
+    return Restored(trainer_state=state, optimizer=optimizer, rng=rng, notes=notes)
+
+
+def _fmt_layout(layout: dict[str, int] | None) -> str:
+    if not layout:
+        return "unknown"
+    return (f"tp={layout['tp']} pp={layout['pp']} dp={layout['dp']} vpp={layout['vpp']} "
+            f"zero={layout['zero_stage']}")
+
+
+def _load_optimizer(ckpt: Path, engine: Any) -> None:
+    """DeepSpeed's ZeRO optimizer restores its partition from all DP ranks' files of this
+    (tp, pp) position (it may re-slice partitions across ranks)."""
+    tp, pp = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+    files = [ckpt / _optim_file(tp, pp, dp) for dp in range(ps.get_data_parallel_world_size())]
+    engine.optimizer.load_state_dict([_safe_load(f) for f in files],
+                                     load_optimizer_states=True)

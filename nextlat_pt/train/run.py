@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,10 +24,17 @@ from nextlat_pt.parallel import distributed
 from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import save_checkpoint
+from nextlat_pt.train.checkpoint import save_checkpoint, step_dir_name
 from nextlat_pt.train.plot import plot_losses
+from nextlat_pt.train.preemption import (
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_MARKER,
+    PreemptionWatcher,
+)
+from nextlat_pt.train.resume import choose_checkpoint, restore
+from nextlat_pt.train.resume import truncate_metrics as resume_metrics
 from nextlat_pt.train.step import MicroBatch
-from nextlat_pt.train.trainer import Trainer
+from nextlat_pt.train.trainer import Trainer, TrainState
 
 # Held-out share of the built-in corpus's files (~30k tokens: enough for the eval batches).
 VALID_FRACTION = 0.02
@@ -88,18 +96,41 @@ def run_training(cfg: Config) -> dict[str, Any]:
     if layout.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
+    # --- data ---
     corpus = _load_data(cfg, layout)
     tokenizer = corpus.tokenizer
     train_set = PackedTokenDataset(corpus.train_tokens, cfg.model.seq_len, tokenizer.eos_id)
     valid_set = PackedTokenDataset(corpus.valid_tokens, cfg.model.seq_len, tokenizer.eos_id)
-    dp_rank = parallel_state.get_data_parallel_rank()
-    sampler = GlobalBatchSampler(len(train_set), cfg.train.global_batch_size, cfg.run.seed,
-                                 dp_rank=dp_rank, dp_size=layout.dp)
 
+    # --- model, optimizer, engine ---
     chunks, engine = build_training(cfg, tokenizer.vocab_size, device)
     models = [chunk.model for chunk in chunks]
+
+    # --- where to start: fresh, our own newest checkpoint, or checkpoint.load ---
+    ckpt, resumed = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"))
+    start = TrainState()
+    wandb_id = None
+    if ckpt is not None:
+        restored = restore(cfg, ckpt, resumed, models, engine, tokenizer.fingerprint)
+        saved = restored.trainer_state
+        if resumed or not cfg.checkpoint.load_weights_only:
+            start = TrainState(step=saved["step"], consumed_samples=saved["consumed_samples"],
+                               tokens_seen=saved["tokens_seen"])
+        wandb_id = saved.get("wandb_id") if resumed else None
+        log(f"{'resuming' if resumed else 'starting'} from {ckpt} (step {saved['step']}, "
+            f"optimizer {'restored' if restored.optimizer else 'fresh'}, "
+            f"RNG {'restored' if restored.rng else 'fresh'})")
+        for note in restored.notes:
+            log(f"note: {note}")
+    if layout.is_logging_rank:
+        resume_metrics(run_dir / "metrics.jsonl", start.step)
+    if layout.rank == 0:
+        (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+
+    sampler = GlobalBatchSampler(len(train_set), cfg.train.global_batch_size, cfg.run.seed,
+                                 dp_rank=parallel_state.get_data_parallel_rank(),
+                                 dp_size=layout.dp, consumed_samples=start.consumed_samples)
     counts = count_parameters(torch.nn.ModuleList(models))
     info = {
         "run dir": str(run_dir),
@@ -119,13 +150,16 @@ def run_training(cfg: Config) -> dict[str, Any]:
                 f"train tokens, {len(corpus.valid_tokens):,} validation tokens",
     }
 
+    # --- callbacks (the logging rank only) ---
     callbacks: list[Callback] = []
     if layout.is_logging_rank:
         callbacks.append(ConsoleProgress(cfg.train.max_steps))
         callbacks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
         if cfg.logging.wandb != "disabled":
-            callbacks.append(WandbMetrics(cfg.logging.wandb, cfg.logging.wandb_project,
-                                          cfg.run.name, run_dir, cfg.to_dict()))
+            wandb_cb = WandbMetrics(cfg.logging.wandb, cfg.logging.wandb_project,
+                                    cfg.run.name, run_dir, cfg.to_dict(), run_id=wandb_id)
+            wandb_id = wandb_cb.run_id
+            callbacks.append(wandb_cb)
 
     replica_diff = None
 
@@ -134,19 +168,28 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "step": trainer.state.step,
             "consumed_samples": trainer.state.consumed_samples,
             "tokens_seen": trainer.state.tokens_seen,
-            "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
             "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size},
+            "data": {"source": "built-in corpus", "train_tokens": int(len(corpus.train_tokens))},
+            "wandb_id": wandb_id,
             "last_metrics": trainer.state.last_metrics,
             "embedding_replica_max_abs_diff": replica_diff,
         }
+
+    saved_steps: set[int] = {start.step} if ckpt is not None and resumed else set()
+
+    def checkpoint(trainer: Trainer) -> Path:
+        path = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer))
+        saved_steps.add(trainer.state.step)
+        return path
 
     def periodic_checkpoint(trainer: Trainer) -> None:
         interval = cfg.checkpoint.interval
         step = trainer.state.step
         if interval and step % interval == 0 and step != cfg.train.max_steps:
-            save_checkpoint(cfg, models, engine, step, trainer_state(trainer))
+            checkpoint(trainer)
 
+    watcher = PreemptionWatcher(cfg.train.exit_duration_mins)
     trainer = Trainer(
         cfg, layout, engine, chunks,
         train_batches=_micro_batches(train_set, sampler, cfg.train.micro_batch_size, device),
@@ -155,15 +198,31 @@ def run_training(cfg: Config) -> dict[str, Any]:
         callbacks=callbacks,
         on_step_end=periodic_checkpoint,
     )
-    summary = trainer.fit(info)
+    trainer.state = start
+    try:
+        summary = trainer.fit(info, stop_requested=lambda: watcher.should_stop(device))
+    finally:
+        watcher.restore()
+    if summary["stopped"]:
+        path = checkpoint(trainer) if trainer.state.step not in saved_steps else None
+        log(f"stopping at step {trainer.state.step} on {watcher.reason}: checkpoint "
+            f"{path or 'already saved'}; exit code {PREEMPTED_EXIT_CODE} (relaunch to resume)")
+        if layout.rank == 0:
+            # Launchers that hide the workers' exit code (torchrun) can test for this file.
+            (run_dir / PREEMPTED_MARKER).write_text(f"{trainer.state.step}\n")
+        summary.update(checkpoint=str(path), run_dir=str(run_dir))
+        trainer.close(summary)
+        return summary
+
     replica_diff = replica_max_abs_diff(
         [p for m in models for p in m.embedding_group_params()])
     if replica_diff is not None:
         summary["embedding_replica_max_abs_diff"] = replica_diff
         log(f"last-stage embedding copy vs first stage: max |diff| {replica_diff:.3e}")
-    ckpt = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer))
+    final = (checkpoint(trainer) if trainer.state.step not in saved_steps
+             else cfg.checkpoint_dir / step_dir_name(trainer.state.step))
     entropy = unigram_entropy(corpus.train_tokens)
-    summary.update(unigram_entropy=entropy, checkpoint=str(ckpt), run_dir=str(run_dir))
+    summary.update(unigram_entropy=entropy, checkpoint=str(final), run_dir=str(run_dir))
     trainer.close(summary)
     if layout.is_logging_rank:
         if cfg.logging.plot:
@@ -176,11 +235,12 @@ def run_training(cfg: Config) -> dict[str, Any]:
 
 
 def main(cfg: Config) -> int:
-    """Entry for the CLI: run, then tear the process groups down."""
+    """Entry for the CLI: run, then tear the process groups down. Exit code 0 when training
+    finished, PREEMPTED_EXIT_CODE (75) when it stopped early with a checkpoint to resume."""
     try:
-        run_training(cfg)
+        summary = run_training(cfg)
     finally:
         distributed.destroy()
         sys.stdout.flush()
-    return 0
+    return PREEMPTED_EXIT_CODE if summary.get("stopped") else 0
 

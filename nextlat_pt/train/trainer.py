@@ -183,8 +183,13 @@ class Trainer:
         self._emit("on_eval", {"step": self.state.step, "val_ce": val_ce})
         return val_ce
 
-    def fit(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Train to `train.max_steps`, validating every `train.eval_interval` and at the end."""
+    def fit(self, info: dict[str, Any],
+            stop_requested: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Train to `train.max_steps`, validating every `train.eval_interval` and at the end.
+
+        `stop_requested` (a collective, checked after every step) ends the loop early: the
+        summary then has `stopped=True` and no final validation.
+        """
         cfg = self.cfg
         self._emit("on_train_start", info)
         for chunk in self.chunks:
@@ -199,9 +204,13 @@ class Trainer:
                 val_ce = self.evaluate()
             if self.on_step_end is not None:
                 self.on_step_end(self)
+            if stop_requested is not None and self.state.step < cfg.train.max_steps \
+                    and stop_requested():
+                return {"final_step": self.state.step, "stopped": True, "val_ce": val_ce,
+                        "train_ce": self.state.last_metrics.get("ce")}
         if not (cfg.train.eval_interval and self.state.step % cfg.train.eval_interval == 0):
             val_ce = self.evaluate()
-        return {"final_step": self.state.step, "val_ce": val_ce,
+        return {"final_step": self.state.step, "stopped": False, "val_ce": val_ce,
                 "train_ce": self.state.last_metrics.get("ce")}
 
     def close(self, summary: dict[str, Any]) -> None:

@@ -382,3 +382,21 @@ def test_list_for_a_string_field_in_yaml_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("run:\n  name: [1, 2]\n")
     _assert_contains(_error(load_config, path), ("run.name", "expected a string"))
+
+
+def test_data_sources_parse_from_overrides_and_yaml(tmp_path: Path) -> None:
+    cfg = load_config(None, ["data.train=[{path: /a, weight: 0.7}, {path: /b, weight: 3}]"])
+    assert cfg.data.train == [{"path": "/a", "weight": 0.7}, {"path": "/b", "weight": 3.0}]
+    assert load_config(None, ["data.train=/x"]).data.train == [{"path": "/x", "weight": 1.0}]
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train:\n    - path: /d\n      weight: 2\n")
+    assert load_config(path).data.train == [{"path": "/d", "weight": 2.0}]
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("[{path: /a, weight: -1}]", "must be a positive number"),
+    ("[{path: /a, wieght: 1}]", "unknown field"),
+    ("[{weight: 1}]", "expected a list of {path: DIR, weight: w}"),
+])
+def test_bad_data_sources_are_refused(value: str, needle: str) -> None:
+    _assert_contains(_error(load_config, None, [f"data.train={value}"]), (needle,))

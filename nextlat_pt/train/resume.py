@@ -1,0 +1,105 @@
+"""Where a run starts: fresh, its own newest complete checkpoint, or another run's.
+
+Relaunching the same command resumes (Megatron/OLMo-core style): the run's checkpoint
+directory is searched for the newest checkpoint that is complete and passes its checksums;
+newer broken ones are skipped with a warning naming them. `checkpoint.load` starts from
+another run instead (optionally weights only, for fine-tuning).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from nextlat_pt.config import Config
+from nextlat_pt.train.checkpoint import (
+    CheckpointError,
+    Restored,
+    find_latest_valid,
+    is_complete,
+    load_checkpoint,
+    verify_checksums,
+)
+
+
+def _broadcast_str(value: str | None) -> str | None:
+    """Rank 0's decision, on every rank (only rank 0 reads and hashes the files)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def choose_checkpoint(cfg: Config, warn: Callable[[str], None]) -> tuple[Path | None, bool]:
+    """(checkpoint to start from or None, whether it is a resume of this run)."""
+    chosen: str | None = None
+    resume = False
+    error = ""
+    if dist.get_rank() == 0 if dist.is_initialized() else True:
+        try:
+            own = find_latest_valid(cfg.checkpoint_dir, warn) if cfg.checkpoint.resume else None
+            if own is not None:
+                chosen, resume = str(own), True
+            elif cfg.checkpoint.load:
+                chosen = str(_resolve_load(Path(cfg.checkpoint.load), warn))
+        except CheckpointError as err:
+            error = str(err)
+    decision = _broadcast_str(json.dumps({"path": chosen, "resume": resume, "error": error}))
+    decided = json.loads(decision)
+    if decided["error"]:
+        raise CheckpointError(decided["error"])
+    return (Path(decided["path"]) if decided["path"] else None), decided["resume"]
+
+
+def _resolve_load(path: Path, warn: Callable[[str], None]) -> Path:
+    """`checkpoint.load` may name one step directory or a whole checkpoints directory."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint.load={path} does not exist; give a step directory "
+                              f"(…/checkpoints/step_N) or a checkpoints directory")
+    if is_complete(path):
+        verify_checksums(path)
+        return path
+    found = find_latest_valid(path, warn)
+    if found is None:
+        raise CheckpointError(f"checkpoint.load={path} holds no complete checkpoint "
+                              f"(no step_N directory with a COMPLETE marker)")
+    return found
+
+
+def restore(cfg: Config, ckpt: Path, resume: bool, models: list, engine: Any,
+            tokenizer_fingerprint: str) -> Restored:
+    """Load `ckpt` into the run after checking it was trained on the same vocabulary."""
+    from nextlat_pt.train.checkpoint import read_trainer_state
+
+    saved = read_trainer_state(ckpt).get("tokenizer", {}).get("fingerprint")
+    if saved and saved != tokenizer_fingerprint:
+        raise CheckpointError(
+            f"{ckpt} was trained with tokenizer {saved[:12]}…, this run uses "
+            f"{tokenizer_fingerprint[:12]}…; use the same data.tokenizer (or start fresh)")
+    weights_only = cfg.checkpoint.load_weights_only and not resume
+    return load_checkpoint(ckpt, cfg, models, engine, weights_only=weights_only)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after `step` (by a run killed after its last checkpoint), so the
+    resumed run's metrics.jsonl reads as if it had never stopped."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
