@@ -129,6 +129,7 @@ class CheckpointConfig:
     interval: int = 0  # 0: only at the end of training
     dir: str = ""  # default: <run.dir>/checkpoints
     keep: int = 3  # keep the newest N complete checkpoints; 0: all
+    async_save: bool = False  # write in background processes; training goes on meanwhile
     resume: bool = True  # continue from the newest complete checkpoint in `dir`
     load: str = ""  # start from another run's checkpoint (a step dir or a checkpoints dir)
     load_weights_only: bool = False  # with `load`: weights only (fine-tuning)

@@ -172,9 +172,51 @@ def _safe_load(path: Path) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+def _write_files(files: dict[str, Any]) -> None:
+    """Write {path: object} with torch.save (runs in a forked writer when saving async)."""
+    for path, obj in files.items():
+        torch.save(obj, path)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A CPU snapshot of a state (GPU tensors are copied; CPU tensors are kept as they are,
+    which a forked async writer sees copy-on-write as of the fork)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu() if obj.is_cuda else obj.detach()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class AsyncSaves:
+    """Saves that write in background processes while training continues (megatron's
+    async dist_checkpointing machinery). `poll()` at step boundaries finalizes finished
+    saves (marker, rename, `latest`): a checkpoint counts only once every rank's files are
+    on disk. Collective: every rank calls `poll`/`wait` at the same points."""
+
+    def __init__(self) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.queue = AsyncCallsQueue()
+
+    def poll(self) -> None:
+        self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        self.queue.maybe_finalize_async_calls(blocking=True)
+
+    @property
+    def pending(self) -> int:
+        return self.queue.get_num_unfinalized_calls()
+
+
 def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, step: int,
-                    trainer_state: dict[str, Any]) -> Path:
-    """Save model, optimizer, RNG and trainer state for `step` on every rank; returns the dir.
+                    trainer_state: dict[str, Any], async_saves: AsyncSaves | None = None
+                    ) -> Path:
+    """Save model, optimizer, RNG and trainer state for `step` on every rank; returns the dir
+    the checkpoint will have once complete (with `async_saves`: after a later `poll`).
 
     Collective: every rank must call it.
     """
@@ -182,26 +224,41 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, ste
     final = root / step_dir_name(step)
     tmp = root / (step_dir_name(step) + ".tmp")
     rank = _rank()
+    if async_saves is not None:
+        async_saves.wait()  # one save in flight at a time
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)  # leftover of an interrupted save
         for sub in ("model", "optim", "rng"):
             (tmp / sub).mkdir(parents=True)
     _barrier()
+    state = dict(trainer_state, format_version=FORMAT_VERSION, layout=layout_of(cfg))
+    files = {tmp / _my_optim_file(): _to_cpu(engine.optimizer.state_dict()),
+             tmp / "rng" / f"rank_{rank:05d}.pt": rng_state()}
+
+    def finalize() -> None:
+        if rank == 0:
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            save_config(cfg, tmp / "config.yaml")
+            # Fault injection for the kill-during-save test: a window in which everything
+            # but the marker is on disk.
+            time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_SAVE_DELAY", "0")))
+            _finalize(tmp, final, step)
+            prune(root, cfg.checkpoint.keep)
+
     with _full_parameters(models, cfg.parallel.zero_stage, modify=False):
-        dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"))
-    torch.save(engine.optimizer.state_dict(), tmp / _my_optim_file())
-    torch.save(rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+        request = dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"),
+                                          async_sharded_save=async_saves is not None)
+        if async_saves is not None:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
+
+            async_saves.queue.schedule_async_request(request)
+            async_saves.queue.schedule_async_request(
+                AsyncRequest(_write_files, (files,), [finalize]))
+            return final
+    _write_files(files)
     _barrier()
-    if rank == 0:
-        state = dict(trainer_state, format_version=FORMAT_VERSION, layout=layout_of(cfg))
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        save_config(cfg, tmp / "config.yaml")
-        # Fault injection for the kill-during-save test: a window in which everything but
-        # the marker is on disk.
-        time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_SAVE_DELAY", "0")))
-        _finalize(tmp, final, step)
-        prune(root, cfg.checkpoint.keep)
+    finalize()
     _barrier()
     return final
 

@@ -24,7 +24,7 @@ from nextlat_pt.parallel import distributed
 from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import save_checkpoint, step_dir_name
+from nextlat_pt.train.checkpoint import AsyncSaves, save_checkpoint, step_dir_name
 from nextlat_pt.train.plot import plot_losses
 from nextlat_pt.train.preemption import (
     PREEMPTED_EXIT_CODE,
@@ -177,15 +177,21 @@ def run_training(cfg: Config) -> dict[str, Any]:
         }
 
     saved_steps: set[int] = {start.step} if ckpt is not None and resumed else set()
+    async_saves = AsyncSaves() if cfg.checkpoint.async_save else None
 
-    def checkpoint(trainer: Trainer) -> Path:
-        path = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer))
+    def checkpoint(trainer: Trainer, wait: bool = False) -> Path:
+        path = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer),
+                               async_saves)
         saved_steps.add(trainer.state.step)
+        if wait and async_saves is not None:
+            async_saves.wait()
         return path
 
     def periodic_checkpoint(trainer: Trainer) -> None:
         interval = cfg.checkpoint.interval
         step = trainer.state.step
+        if async_saves is not None:
+            async_saves.poll()  # finalize background saves that have finished everywhere
         if interval and step % interval == 0 and step != cfg.train.max_steps:
             checkpoint(trainer)
 
@@ -204,7 +210,9 @@ def run_training(cfg: Config) -> dict[str, Any]:
     finally:
         watcher.restore()
     if summary["stopped"]:
-        path = checkpoint(trainer) if trainer.state.step not in saved_steps else None
+        path = checkpoint(trainer, wait=True) if trainer.state.step not in saved_steps else None
+        if async_saves is not None:
+            async_saves.wait()
         log(f"stopping at step {trainer.state.step} on {watcher.reason}: checkpoint "
             f"{path or 'already saved'}; exit code {PREEMPTED_EXIT_CODE} (relaunch to resume)")
         if layout.rank == 0:
@@ -219,8 +227,10 @@ def run_training(cfg: Config) -> dict[str, Any]:
     if replica_diff is not None:
         summary["embedding_replica_max_abs_diff"] = replica_diff
         log(f"last-stage embedding copy vs first stage: max |diff| {replica_diff:.3e}")
-    final = (checkpoint(trainer) if trainer.state.step not in saved_steps
+    final = (checkpoint(trainer, wait=True) if trainer.state.step not in saved_steps
              else cfg.checkpoint_dir / step_dir_name(trainer.state.step))
+    if async_saves is not None:
+        async_saves.wait()
     entropy = unigram_entropy(corpus.train_tokens)
     summary.update(unigram_entropy=entropy, checkpoint=str(final), run_dir=str(run_dir))
     trainer.close(summary)

@@ -169,3 +169,27 @@ def test_tp2_checkpoint_loads_into_tp1_and_back(parallel_tp1, tmp_path, corpus_c
         loaded = _weights(run, 2)
         for name, tensor in original.items():
             assert torch.equal(loaded[name], tensor), f"{run.name}: {name}"
+
+
+def test_async_save_writes_the_same_checkpoints_as_sync(tmp_path, corpus_cache):
+    """Background writers see the state as of the save (copy-on-write fork), so the async
+    checkpoints are byte-identical to the synchronous ones, and complete."""
+    import hashlib
+
+    runs = {}
+    for mode in ("sync", "async"):
+        run_dir = tmp_path / mode
+        run_cli(_args(run_dir, corpus_cache, ["train.max_steps=8",
+                                              f"checkpoint.async_save={mode == 'async'}"]))
+        runs[mode] = run_dir / "checkpoints"
+    for step in ("step_0000004", "step_0000008"):
+        for mode in runs:
+            assert (runs[mode] / step / "COMPLETE").exists(), f"{mode} {step}"
+        files = sorted(p.relative_to(runs["sync"] / step)
+                       for p in (runs["sync"] / step).rglob("*")
+                       if p.is_file() and p.suffix in (".distcp", ".pt"))
+        assert files
+        for rel in files:
+            digests = {hashlib.sha256((runs[m] / step / rel).read_bytes()).hexdigest()
+                       for m in runs}
+            assert len(digests) == 1, f"{step}/{rel} differs between sync and async"
