@@ -32,6 +32,7 @@ setup(
         "PyYAML==6.0.4",
         "tqdm==4.70.1",
         "matplotlib==3.11.2",
+        "zstandard==0.25.0",
     ],
     extras_require={
         "gpu": ["flash-attn==2.8.3.post2"],

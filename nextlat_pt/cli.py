@@ -36,9 +36,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"nextlat-pt: config error: {err}", file=sys.stderr)
         return 2
     _quiet_imports()
+    from nextlat_pt.data.errors import DataError
+    from nextlat_pt.train.checkpoint import CheckpointError
     from nextlat_pt.train.run import main as train_main
 
-    return train_main(cfg)
+    try:
+        return train_main(cfg)
+    except (DataError, CheckpointError) as err:
+        print(f"nextlat-pt: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from nextlat_pt.data.commands import train_tokenizer_main
+
+    return train_tokenizer_main(args.rest)
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> int:
+    from nextlat_pt.data.commands import prepare_data_main
+
+    return prepare_data_main(args.rest)
 
 
 def _cmd_ckpt(args: argparse.Namespace) -> int:
@@ -59,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a YAML file or a name in configs/ (default: tiny)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides")
     train.set_defaults(func=_cmd_train)
+    for name, func, text in (
+        ("train-tokenizer", _cmd_train_tokenizer,
+         "train a sentencepiece tokenizer: --input FILES... --vocab-size N --output DIR"),
+        ("prepare-data", _cmd_prepare_data,
+         "tokenize and pack into webdataset shards: --input ... --tokenizer DIR "
+         "--seq-len N --output DIR"),
+    ):
+        command = sub.add_parser(name, help=text, add_help=False)
+        command.add_argument("rest", nargs=argparse.REMAINDER)
+        command.set_defaults(func=func)
     ckpt = sub.add_parser("ckpt", help="list or inspect checkpoints: ckpt list DIR | "
                                        "ckpt inspect STEP_DIR [CONFIG] [k=v ...]",
                           add_help=False)
@@ -67,8 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with their own argument parsers: everything after the name is theirs.
+_PASSTHROUGH = {"train-tokenizer": _cmd_train_tokenizer, "prepare-data": _cmd_prepare_data,
+                "ckpt": _cmd_ckpt}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the subcommand; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _PASSTHROUGH:
+        _quiet_imports()
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command != "train":
         _quiet_imports()

@@ -277,3 +277,79 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     counts = np.bincount(tokens)
     p = counts[counts > 0] / tokens.size
     return float(-(p * np.log(p)).sum())
+
+
+@dataclass
+class BuiltinShards:
+    """The built-in corpus as prepared datasets (the format `prepare-data` writes)."""
+
+    tokenizer: Tokenizer
+    train_dir: Path
+    valid_dir: Path
+    num_files: int
+    train_tokens: int
+    valid_tokens: int
+    unigram_entropy: float
+
+
+# Small shards so the default job reads across several of them, like a real one.
+_BUILTIN_SHARD_SAMPLES = 4096
+
+
+def prepare_builtin_shards(
+    cache_dir: Path,
+    vocab_size: int,
+    seq_len: int,
+    log: Callable[[str], None] = print,
+    valid_fraction: float = 0.02,
+) -> BuiltinShards:
+    """The built-in corpus packed for `seq_len` into train/valid datasets, cached.
+
+    Reuses `prepare_builtin_corpus` (tokenizer and token arrays) and writes
+    `<corpus cache>/shards-seq{seq_len}/{train,valid}` once: built under a temporary name and
+    renamed, so the directory is either absent or complete, and safe to call from several
+    processes at once.
+    """
+    from nextlat_pt.data.split_writer import write_token_dataset
+
+    corpus = prepare_builtin_corpus(cache_dir, vocab_size, valid_fraction, log)
+    assert corpus.cache_path is not None
+    final = corpus.cache_path / f"shards-seq{seq_len}"
+    tok = corpus.tokenizer
+    if not final.is_dir():
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(dir=corpus.cache_path, prefix=f".{final.name}.tmp-"))
+        tmp.chmod(0o755)
+        meta = {
+            "vocab_size": tok.vocab_size,
+            "tokenizer": {"fingerprint": tok.fingerprint, "file": MODEL_FILE_NAME,
+                          "source": str(tok.model_path)},
+            "sources": [{"builtin": f"stdlib {stdlib_root()}", "files": corpus.num_files,
+                         "bytes": corpus.num_bytes}],
+        }
+        try:
+            for split, tokens in (("train", corpus.train_tokens), ("valid", corpus.valid_tokens)):
+                out = tmp / split
+                write_token_dataset(out, tokens, tok.eos_id, seq_len, {**meta, "split": split},
+                                    shard_samples=_BUILTIN_SHARD_SAMPLES, log=log)
+                shutil.copyfile(tok.model_path, out / MODEL_FILE_NAME)
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not final.is_dir():
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        else:
+            log(f"built-in corpus shards for seq_len {seq_len} written in "
+                f"{time.perf_counter() - t0:.1f} s ({final})")
+    return BuiltinShards(
+        tokenizer=tok,
+        train_dir=final / "train",
+        valid_dir=final / "valid",
+        num_files=corpus.num_files,
+        train_tokens=len(corpus.train_tokens),
+        valid_tokens=len(corpus.valid_tokens),
+        unigram_entropy=unigram_entropy(corpus.train_tokens),
+    )

@@ -13,6 +13,15 @@ import numpy as np
 import torch
 
 
+def epoch_permutation(seed: int, epoch: int, num_samples: int) -> np.ndarray:
+    """The sample order of one epoch: `np.random.default_rng([seed, epoch]).permutation(n)`.
+
+    The one definition shared by `GlobalBatchSampler` and the sharded loader's single-dataset
+    order, so both visit the same samples in the same order.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
 class PackedTokenDataset:
     """Windows of `seq_len + 1` tokens over a flat stream of EOS-separated documents.
 
@@ -117,7 +126,7 @@ class GlobalBatchSampler:
         """The sample order of one epoch."""
         perm = self._perm_cache.get(epoch)
         if perm is None:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            perm = epoch_permutation(self.seed, epoch, self.num_samples)
             # A batch spans at most two epochs (when G <= num_samples); keep just the latest few.
             if len(self._perm_cache) >= 2:
                 self._perm_cache.pop(min(self._perm_cache))

@@ -13,7 +13,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,10 @@ class Tokenizer:
         """The vocabulary piece of one id (for debugging and tests)."""
         return self._sp.id_to_piece(token_id)
 
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a vocabulary piece (special tokens included); the unknown id if absent."""
+        return self._sp.piece_to_id(piece)
+
     def __repr__(self) -> str:
         return (
             f"Tokenizer({str(self._model_path)!r}, vocab_size={self.vocab_size}, "
@@ -199,7 +203,6 @@ def train_sentencepiece(
     The model file is replaced atomically: an interrupted run leaves any previous one intact.
     """
     input_files = [Path(p) for p in input_files]
-    output_dir = Path(output_dir)
     if not input_files:
         raise ValueError("train_sentencepiece got no input files; pass at least one text file")
     for path in input_files:
@@ -207,29 +210,63 @@ def train_sentencepiece(
             raise FileNotFoundError(
                 f"tokenizer training input {path} not found; fix the path or drop it from the list"
             )
+    return train_sentencepiece_on(
+        lambda: _iter_lines(input_files),
+        output_dir,
+        vocab_size,
+        model_type,
+        input_sentence_size,
+        num_threads,
+        seed=seed,
+        inputs_desc=f"the {len(input_files)} input file(s)",
+    )
+
+
+def train_sentencepiece_on(
+    sentences: Callable[[], Iterable[str]],
+    output_dir: Path,
+    vocab_size: int,
+    model_type: str = "bpe",
+    input_sentence_size: int = 200_000,
+    num_threads: int | None = None,
+    *,
+    seed: int = 0,
+    control_symbols: Sequence[str] = (),
+    user_defined_symbols: Sequence[str] = (),
+    inputs_desc: str = "the inputs",
+) -> Path:
+    """Train sentencepiece on the sentences that `sentences()` yields (called twice).
+
+    The first call counts the sentences, so an empty input fails before training and the
+    sample of `input_sentence_size` is a pure function of (count, seed); the second feeds them.
+    `control_symbols` are special tokens with reserved ids that encoding never produces;
+    `user_defined_symbols` are pieces always cut out of the text as one token ("\\n" is one
+    already). Otherwise as `train_sentencepiece`.
+    """
+    output_dir = Path(output_dir)
     if vocab_size < 1:
         raise ValueError(f"vocab_size={vocab_size} must be positive")
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not supported; use one of {_MODEL_TYPES}")
+    _check_symbols(control_symbols, user_defined_symbols)
 
-    # First pass: count lines, so an empty input fails before training and the sample is a
-    # pure function of (line count, seed).
-    num_lines = sum(1 for _ in _iter_lines(input_files))
+    num_lines = sum(1 for _ in sentences())
     if num_lines == 0:
         raise ValueError(
-            f"no text to train the tokenizer on: the {len(input_files)} input file(s) contain "
-            "no non-empty lines; give files with text"
+            f"no text to train the tokenizer on: {inputs_desc} contain no non-empty lines; "
+            "give files with text"
         )
     mask = _sample_mask(num_lines, input_sentence_size, seed)
-    sentences = _iter_lines(input_files)
+    stream = iter(sentences())
     if mask is not None:
-        sentences = (line for keep, line in zip(mask.tolist(), sentences) if keep)
+        stream = (line for keep, line in zip(mask.tolist(), stream) if keep)
 
+    extra = {"control_symbols": list(control_symbols)} if control_symbols else {}
     spm.set_random_generator_seed(seed)  # nothing below should draw randomness; belt and braces
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences,
+            sentence_iterator=stream,
             model_writer=model,
             model_type=model_type,
             vocab_size=vocab_size,
@@ -245,13 +282,14 @@ def train_sentencepiece(
             add_dummy_prefix=False,
             split_digits=True,
             allow_whitespace_only_pieces=True,
-            user_defined_symbols=["\n"],
+            user_defined_symbols=["\n", *user_defined_symbols],
             unk_id=UNK_ID,
             bos_id=BOS_ID,
             eos_id=EOS_ID,
             pad_id=PAD_ID,
             num_threads=available_cpus() if num_threads is None else num_threads,
             minloglevel=2,  # sentencepiece's per-step logging would drown the caller's
+            **extra,
         )
     except RuntimeError as err:
         raise _rephrase_trainer_error(err, vocab_size) from None
@@ -260,3 +298,19 @@ def train_sentencepiece(
     path = output_dir / MODEL_FILE_NAME
     _write_atomically(path, model.getvalue())
     return path
+
+
+_RESERVED_PIECES = ("<unk>", "<s>", "</s>", "<pad>", "\n")
+
+
+def _check_symbols(control: Sequence[str], user: Sequence[str]) -> None:
+    """Refuse special tokens sentencepiece would reject with an internal error."""
+    seen: set[str] = set()
+    for sym in [*control, *user]:
+        if not sym:
+            raise ValueError("a special token is empty; drop the empty entry")
+        if sym in _RESERVED_PIECES:
+            raise ValueError(f"special token {sym!r} is built in already; drop it")
+        if sym in seen:
+            raise ValueError(f"special token {sym!r} is given twice; list each once")
+        seen.add(sym)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,13 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from nextlat_pt.config import Config, save_config, validate
-from nextlat_pt.data.builtin_corpus import prepare_builtin_corpus, unigram_entropy
-from nextlat_pt.data.packed import GlobalBatchSampler, PackedTokenDataset, batch_iterator
+from nextlat_pt.data.builtin_corpus import prepare_builtin_shards
+from nextlat_pt.data.dataset import open_dataset
+from nextlat_pt.data.errors import DataError
+from nextlat_pt.data.loader import TrainLoader, make_train_loader, make_valid_batches
+from nextlat_pt.data.tokenizer import Tokenizer
+from nextlat_pt.flops import flops_per_token, parameter_counts
+from nextlat_pt.memory import estimate_memory
 from nextlat_pt.model.gpt import count_parameters
 from nextlat_pt.parallel import distributed
 from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
@@ -48,40 +54,75 @@ def _log(layout: distributed.ParallelLayout):
     return log
 
 
-def _load_data(cfg: Config, layout: distributed.ParallelLayout):
-    """The built-in corpus; rank 0 builds the cache (tokenizer + tokens), the others wait."""
+@dataclass
+class DataPlan:
+    """What the run trains and validates on, and with which tokenizer."""
+
+    tokenizer: Tokenizer
+    sources: list[dict[str, Any]]
+    valid: Path | None
+    description: str
+    unigram_entropy: float | None = None  # the built-in corpus's, for the final report
+
+
+def _tokenizer_for(cfg: Config) -> Tokenizer:
+    """`data.tokenizer` (a .model or a directory holding tokenizer.model), else the copy
+    that prepare-data stored with the first training dataset."""
+    if cfg.data.tokenizer:
+        path = Path(cfg.data.tokenizer)
+        return Tokenizer.load(path / "tokenizer.model" if path.is_dir() else path)
+    stored = open_dataset(cfg.data.train[0]["path"], "train").tokenizer_path
+    if stored is None or not Path(stored).is_file():
+        raise DataError(f"{cfg.data.train[0]['path']} has no stored tokenizer; set "
+                        f"data.tokenizer to the one it was prepared with")
+    return Tokenizer.load(stored)
+
+
+def _plan_data(cfg: Config, layout: distributed.ParallelLayout) -> DataPlan:
+    """Prepared datasets from `data.train`, or the built-in corpus packed into the same
+    shard format (rank 0 builds the cache, the others wait and read it)."""
     log = _log(layout)
-    if layout.rank == 0:
-        corpus = prepare_builtin_corpus(cfg.cache_dir, cfg.data.builtin_vocab_size,
-                                        valid_fraction=VALID_FRACTION, log=log)
+    if cfg.data.train:
+        tokenizer = _tokenizer_for(cfg)
+        valid = Path(cfg.data.valid) if cfg.data.valid else None
+        if valid is None:
+            try:  # the valid split of the first dataset, if it was prepared with one
+                open_dataset(cfg.data.train[0]["path"], "valid").close()
+                valid = Path(cfg.data.train[0]["path"])
+            except DataError:
+                log("note: no validation data (set data.valid or prepare-data "
+                    "--valid-fraction); validation is skipped")
+        names = ", ".join(f"{s['path']} ×{s['weight']:g}" for s in cfg.data.train)
+        return DataPlan(tokenizer, cfg.data.train, valid, f"prepared datasets: {names}")
+
+    def build(quiet: bool):
+        return prepare_builtin_shards(cfg.cache_dir, cfg.data.builtin_vocab_size,
+                                      cfg.model.seq_len, log=(lambda _: None) if quiet else log,
+                                      valid_fraction=VALID_FRACTION)
+
+    builtin = build(quiet=False) if layout.rank == 0 else None
     if dist.is_initialized():
         dist.barrier()
-    if layout.rank != 0:
-        corpus = prepare_builtin_corpus(cfg.cache_dir, cfg.data.builtin_vocab_size,
-                                        valid_fraction=VALID_FRACTION, log=lambda _: None)
-    return corpus
+    if builtin is None:
+        builtin = build(quiet=True)
+    return DataPlan(
+        builtin.tokenizer, [{"path": str(builtin.train_dir), "weight": 1.0}], builtin.valid_dir,
+        f"built-in corpus: {builtin.num_files} files, {builtin.train_tokens:,} train tokens, "
+        f"{builtin.valid_tokens:,} validation tokens", builtin.unigram_entropy)
 
 
-def _micro_batches(dataset: PackedTokenDataset, sampler: GlobalBatchSampler, micro: int,
-                   device: torch.device) -> Iterator[list[MicroBatch]]:
-    for group in batch_iterator(dataset, sampler, micro):
+def _micro_batches(loader: TrainLoader, device: torch.device) -> Iterator[list[MicroBatch]]:
+    for group in loader:
         yield [MicroBatch.from_sample(sample, device) for sample in group]
 
 
-def _validation(dataset: PackedTokenDataset, cfg: Config, device: torch.device):
+def _validation(plan: DataPlan, cfg: Config, device: torch.device):
     """A fixed set of validation micro-batches (the first windows of the held-out split)."""
-    micro = cfg.train.micro_batch_size
-    count = min(cfg.train.eval_batches, len(dataset) // micro)
-    if count < 1:
-        raise ValueError(
-            f"the validation split has {len(dataset)} windows of model.seq_len="
-            f"{cfg.model.seq_len}, fewer than one micro-batch ({micro}); lower seq_len"
-        )
-    batches = []
-    for b in range(count):
-        samples = [dataset[b * micro + j] for j in range(micro)]
-        stacked = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-        batches.append(MicroBatch.from_sample(stacked, device))
+    if plan.valid is None:
+        return lambda: []
+    batches = [MicroBatch.from_sample(b, device) for b in make_valid_batches(
+        plan.valid, cfg.model.seq_len, cfg.train.micro_batch_size, cfg.train.eval_batches,
+        expected_fingerprint=plan.tokenizer.fingerprint)]
     return lambda: batches
 
 
@@ -97,11 +138,10 @@ def run_training(cfg: Config) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    # --- data ---
-    corpus = _load_data(cfg, layout)
-    tokenizer = corpus.tokenizer
-    train_set = PackedTokenDataset(corpus.train_tokens, cfg.model.seq_len, tokenizer.eos_id)
-    valid_set = PackedTokenDataset(corpus.valid_tokens, cfg.model.seq_len, tokenizer.eos_id)
+    # --- data (checked before anything trains: paths, seq_len, tokenizer fingerprint) ---
+    plan = _plan_data(cfg, layout)
+    tokenizer = plan.tokenizer
+    valid_batches = _validation(plan, cfg, device)
 
     # --- model, optimizer, engine ---
     chunks, engine = build_training(cfg, tokenizer.vocab_size, device)
@@ -128,16 +168,34 @@ def run_training(cfg: Config) -> dict[str, Any]:
     if layout.rank == 0:
         (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
 
-    sampler = GlobalBatchSampler(len(train_set), cfg.train.global_batch_size, cfg.run.seed,
-                                 dp_rank=parallel_state.get_data_parallel_rank(),
-                                 dp_size=layout.dp, consumed_samples=start.consumed_samples)
+    loader = make_train_loader(
+        plan.sources, cfg.model.seq_len, cfg.train.global_batch_size,
+        cfg.train.micro_batch_size, dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_size=layout.dp, seed=cfg.run.seed, consumed_samples=start.consumed_samples,
+        on_error=cfg.data.on_error, prefetch=cfg.data.prefetch,
+        expected_fingerprint=tokenizer.fingerprint, tokenizer_path=tokenizer.model_path,
+        log=log)
     counts = count_parameters(torch.nn.ModuleList(models))
+    spec = models[0].spec
+    whole = parameter_counts(spec)
+    flops = flops_per_token(spec, cfg.model.seq_len, cfg.nextlat.horizon, nextlat=cfg.uses_psi,
+                            with_kl=cfg.nextlat.lambda_kl > 0)
+    memory = estimate_memory(spec, cfg.model.seq_len, cfg.train.micro_batch_size, layout.dp,
+                             cfg.parallel.zero_stage, cfg.nextlat.horizon if cfg.uses_psi
+                             else 0, cfg.train.optimizer, spec.params_dtype == torch.bfloat16)
     info = {
         "run dir": str(run_dir),
         "objective": cfg.nextlat.objective + (
             f" (d={cfg.nextlat.horizon}, λ_h={cfg.nextlat.lambda_latent}, "
             f"λ_KL={cfg.nextlat.lambda_kl})" if cfg.uses_psi else ""),
-        "parameters (this rank)": f"trunk {counts['trunk']:,}, ψ {counts['psi']:,}",
+        "parameters": f"trunk {whole['trunk']:,} ({whole['trunk'] / 1e6:.1f}M), "
+                      f"ψ {whole['psi']:,} ({whole['psi'] / 1e6:.1f}M); this rank: trunk "
+                      f"{counts['trunk']:,}, ψ {counts['psi']:,}",
+        "FLOPs per token": f"{flops.total / 1e9:.3f} GFLOP training (trunk matmuls "
+                           f"{flops.trunk_matmul / 1e9:.3f}, attention "
+                           f"{flops.attention / 1e9:.3f}, ψ {flops.psi / 1e9:.3f}, KL head "
+                           f"{flops.kl_head / 1e9:.3f}; nextlat_pt/flops.py)",
+        "memory estimate per rank": memory.describe(),
         "layout": (f"world {layout.world_size}: tp {layout.tp} × pp {layout.pp} × "
                    f"dp {layout.dp}" + (f", vpp {cfg.parallel.vpp}" if cfg.parallel.vpp else "")
                    + (", sequence parallel" if cfg.parallel.sp else "")
@@ -146,8 +204,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
         "precision": "bf16 (fp32 master weights)"
                      if models[0].spec.params_dtype == torch.bfloat16 else "fp32",
         "vocab": f"{tokenizer.vocab_size} (padded to {models[0].padded_vocab_size})",
-        "data": f"built-in corpus: {corpus.num_files} files, {len(corpus.train_tokens):,} "
-                f"train tokens, {len(corpus.valid_tokens):,} validation tokens",
+        "data": plan.description,
     }
 
     # --- callbacks (the logging rank only) ---
@@ -170,7 +227,8 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "tokens_seen": trainer.state.tokens_seen,
             "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size},
-            "data": {"source": "built-in corpus", "train_tokens": int(len(corpus.train_tokens))},
+            "data": {"sources": plan.sources, "valid": str(plan.valid) if plan.valid else None,
+                     "seq_len": cfg.model.seq_len},
             "wandb_id": wandb_id,
             "last_metrics": trainer.state.last_metrics,
             "embedding_replica_max_abs_diff": replica_diff,
@@ -198,8 +256,9 @@ def run_training(cfg: Config) -> dict[str, Any]:
     watcher = PreemptionWatcher(cfg.train.exit_duration_mins)
     trainer = Trainer(
         cfg, layout, engine, chunks,
-        train_batches=_micro_batches(train_set, sampler, cfg.train.micro_batch_size, device),
-        valid_batches=_validation(valid_set, cfg, device),
+        train_batches=_micro_batches(loader, device),
+        valid_batches=valid_batches,
+        data_stats=loader.stats,
         device=device,
         callbacks=callbacks,
         on_step_end=periodic_checkpoint,
@@ -209,6 +268,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
         summary = trainer.fit(info, stop_requested=lambda: watcher.should_stop(device))
     finally:
         watcher.restore()
+        loader.close()
     if summary["stopped"]:
         path = checkpoint(trainer, wait=True) if trainer.state.step not in saved_steps else None
         if async_saves is not None:
@@ -231,15 +291,22 @@ def run_training(cfg: Config) -> dict[str, Any]:
              else cfg.checkpoint_dir / step_dir_name(trainer.state.step))
     if async_saves is not None:
         async_saves.wait()
-    entropy = unigram_entropy(corpus.train_tokens)
+    entropy = plan.unigram_entropy
     summary.update(unigram_entropy=entropy, checkpoint=str(final), run_dir=str(run_dir))
     trainer.close(summary)
     if layout.is_logging_rank:
         if cfg.logging.plot:
             plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=cfg.run.name)
         val_ce = summary["val_ce"]
-        log(f"final validation CE {val_ce:.4f} nats/token (ppl {math.exp(min(val_ce, 50)):.1f}) "
-            f"vs unigram entropy {entropy:.4f} nats/token: {entropy - val_ce:+.4f} below")
+        if math.isnan(val_ce):
+            log("no validation data: no final validation CE")
+        elif entropy is None:
+            log(f"final validation CE {val_ce:.4f} nats/token "
+                f"(ppl {math.exp(min(val_ce, 50)):.1f})")
+        else:
+            log(f"final validation CE {val_ce:.4f} nats/token "
+                f"(ppl {math.exp(min(val_ce, 50)):.1f}) vs unigram entropy {entropy:.4f} "
+                f"nats/token: {entropy - val_ce:+.4f} below")
         log(f"run directory: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/)")
     return summary
 

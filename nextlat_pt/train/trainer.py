@@ -83,6 +83,7 @@ class Trainer:
         device: torch.device,
         callbacks: list[Callback] | None = None,
         on_step_end: Callable[[Trainer], None] | None = None,
+        data_stats: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.layout = layout
@@ -93,6 +94,7 @@ class Trainer:
         self.device = device
         self.callbacks = callbacks or []
         self.on_step_end = on_step_end
+        self.data_stats = data_stats
         self.state = TrainState()
         self.forward_backward = get_forward_backward_func()
         # PP = 1: micro-batches go through the engine (its hooks reduce over DP at the last
@@ -164,17 +166,22 @@ class Trainer:
         )
         metrics.setdefault("latent", None)
         metrics.setdefault("kl", None)
+        if self.data_stats is not None and self.data_stats().get("skipped_samples"):
+            metrics["skipped_samples"] = int(self.data_stats()["skipped_samples"])
         self.state.last_metrics = metrics
         return metrics
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean next-token CE over the validation batches (same batches every time)."""
+        batches = self.valid_batches()
+        if not batches:
+            return float("nan")
         for chunk in self.chunks:
             chunk.eval()
             chunk.ce_only = True
         try:
-            records = self._run_schedule(self.valid_batches(), forward_only=True)
+            records = self._run_schedule(batches, forward_only=True)
         finally:
             for chunk in self.chunks:
                 chunk.train()
