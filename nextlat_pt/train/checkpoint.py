@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -116,12 +117,41 @@ def _full_parameters(models: list[torch.nn.Module], zero_stage: int, modify: boo
         yield
 
 
+# torch.distributed.checkpoint reads its `.metadata` file with plain pickle. Before it does,
+# the file is walked by an unpickler that only resolves these names, so a checkpoint can name
+# nothing else (no arbitrary callables).
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner",
+                "torch.distributed.checkpoint.filesystem")
+_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+              ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+              ("builtins", "slice")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module in _DCP_MODULES or (module, name) in _DCP_NAMES
+                   or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                        torch.dtype)))
+        if not allowed:
+            raise CheckpointError(f"refusing to unpickle {module}.{name} from a checkpoint's "
+                                  f"metadata; the checkpoint is not one nextlat_pt wrote")
+        return super().find_class(module, name)
+
+
+def check_metadata_is_plain(path: Path) -> None:
+    """Raise CheckpointError if a dist_checkpointing `.metadata` pickle names anything but
+    the storage-metadata classes (it is then never handed to pickle.load)."""
+    with open(path, "rb") as f:
+        _MetadataUnpickler(f).load()
+
+
 def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: int = 1) -> None:
     """Load weights saved with any TP/PP layout into `models` (this process's layout)."""
     if not is_complete(ckpt):
         raise CheckpointError(
             f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
         )
+    check_metadata_is_plain(ckpt / "model" / ".metadata")
     with _full_parameters(models, zero_stage, modify=True):
         state = dist_checkpointing.load(model_sharded_state_dict(models), str(ckpt / "model"))
         per_model = [state] if len(models) == 1 else [state[f"model{i}"]

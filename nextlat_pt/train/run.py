@@ -6,6 +6,7 @@ callbacks, the loop, the final checkpoint and plot, the summary.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from megatron.core import parallel_state
 
 from nextlat_pt.config import Config, save_config, validate
 from nextlat_pt.data.builtin_corpus import prepare_builtin_shards
-from nextlat_pt.data.dataset import open_dataset
+from nextlat_pt.data.dataset import open_dataset, resolve_dataset_dir
 from nextlat_pt.data.errors import DataError
 from nextlat_pt.data.loader import TrainLoader, make_train_loader, make_valid_batches
 from nextlat_pt.data.tokenizer import Tokenizer
@@ -111,6 +112,16 @@ def _plan_data(cfg: Config, layout: distributed.ParallelLayout) -> DataPlan:
         f"{builtin.valid_tokens:,} validation tokens", builtin.unigram_entropy)
 
 
+def data_fingerprint(sources: list[dict[str, Any]]) -> str:
+    """sha256 over the training datasets' index files and weights: what the run reads."""
+    digest = hashlib.sha256()
+    for source in sources:
+        index = resolve_dataset_dir(source["path"], "train") / "index.json"
+        digest.update(index.read_bytes())
+        digest.update(f"{source['weight']!r}".encode())
+    return digest.hexdigest()
+
+
 def _micro_batches(loader: TrainLoader, device: torch.device) -> Iterator[list[MicroBatch]]:
     for group in loader:
         yield [MicroBatch.from_sample(sample, device) for sample in group]
@@ -163,6 +174,11 @@ def run_training(cfg: Config) -> dict[str, Any]:
             f"RNG {'restored' if restored.rng else 'fresh'})")
         for note in restored.notes:
             log(f"note: {note}")
+        saved_data = (saved.get("data") or {}).get("fingerprint")
+        if saved_data and saved_data != data_fingerprint(plan.sources):
+            log(f"warning: the training data differs from the data of {ckpt} (another "
+                f"data.train or re-prepared shards); the sample order continues by position "
+                f"over the new data")
     if layout.is_logging_rank:
         resume_metrics(run_dir / "metrics.jsonl", start.step)
     if layout.rank == 0:
@@ -228,7 +244,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size},
             "data": {"sources": plan.sources, "valid": str(plan.valid) if plan.valid else None,
-                     "seq_len": cfg.model.seq_len},
+                     "seq_len": cfg.model.seq_len, "fingerprint": data_fingerprint(plan.sources)},
             "wandb_id": wandb_id,
             "last_metrics": trainer.state.last_metrics,
             "embedding_replica_max_abs_diff": replica_diff,

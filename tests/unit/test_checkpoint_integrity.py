@@ -107,3 +107,29 @@ def test_ckpt_list_and_inspect(tmp_path, capsys):
 
     assert ckpt_tool.main(["inspect", str(tmp_path)]) == 2
     assert "not a checkpoint step directory" in capsys.readouterr().err
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_metadata_pickle_may_name_only_storage_classes(tmp_path):
+    import pickle
+
+    from nextlat_pt.train.checkpoint import check_metadata_is_plain
+
+    evil = tmp_path / ".metadata"
+    evil.write_bytes(pickle.dumps({"x": _Evil()}))
+    with pytest.raises(CheckpointError, match="refusing to unpickle posix.system"):
+        check_metadata_is_plain(evil)
+    import torch
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(pickle.dumps({"size": torch.Size([2, 3]), "dtype": torch.float32,
+                                    "chunk": ChunkStorageMetadata(torch.Size([0]),
+                                                                  torch.Size([2]))}))
+    check_metadata_is_plain(plain)
