@@ -3,7 +3,7 @@
 #   make test    install with the test tools, then run the whole test suite
 VENV ?= .venv
 
-.PHONY: train test lint
+.PHONY: train test lint test-slurm
 train:
 	bash scripts/install.sh
 	$(VENV)/bin/nextlat-pt train
@@ -14,3 +14,7 @@ test:
 
 lint:
 	$(VENV)/bin/ruff check nextlat_pt tests
+
+test-slurm:  # the real two-node Slurm cluster tests alone (root; installs slurm with apt-get)
+	bash scripts/install.sh --test
+	$(VENV)/bin/python -m pytest -q -s tests/integration/test_slurm_script.py tests/integration/test_slurm.py

@@ -36,6 +36,9 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn==2.8.3.post2"],
+        # lm-eval-harness for `nextlat-pt eval --lm-eval`; install under a torch constraint
+        # (scripts/install.sh does) or pip may pull a CUDA build of torch.
+        "eval": ["lm-eval[hf]==0.4.13"],
         "test": ["pytest==9.2.0", "ruff==0.17.6", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["nextlat-pt=nextlat_pt.cli:main"]},

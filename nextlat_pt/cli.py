@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("prepare-data", _cmd_prepare_data,
          "tokenize and pack into webdataset shards: --input ... --tokenizer DIR "
          "--seq-len N --output DIR"),
+        ("convert", _cmd_convert,
+         "--to hf CHECKPOINT OUT | --to nextlat HF_DIR OUT [parallel.tp=..]"),
+        ("eval", _cmd_eval,
+         "validation loss/perplexity of a checkpoint or HF folder; --lm-eval for the harness"),
     ):
         command = sub.add_parser(name, help=text, add_help=False)
         command.add_argument("rest", nargs=argparse.REMAINDER)
@@ -95,9 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from nextlat_pt.convert import convert_main
+
+    return convert_main(args.rest)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from nextlat_pt.eval import eval_main
+
+    return eval_main(args.rest)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
 _PASSTHROUGH = {"train-tokenizer": _cmd_train_tokenizer, "prepare-data": _cmd_prepare_data,
-                "ckpt": _cmd_ckpt}
+                "ckpt": _cmd_ckpt, "convert": _cmd_convert, "eval": _cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 # Install nextlat_pt into a virtual environment (default: ./.venv).
 #
 #   scripts/install.sh          the package and its pinned dependencies
-#   scripts/install.sh --test   plus the test tools
+#   scripts/install.sh --test   plus the test tools and lm-eval-harness
 #
 # torch: an importable torch (e.g. your CUDA build, from the system or an active env) is kept
 # and pinned so nothing replaces it; otherwise torch==2.13.0 is installed first (on machines
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXTRAS=""
-if [[ "${1:-}" == "--test" ]]; then EXTRAS="[test]"; fi
+if [[ "${1:-}" == "--test" ]]; then EXTRAS="[test,eval]"; fi
 VENV="${NEXTLAT_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_DEFAULT="${NEXTLAT_TORCH:-torch==2.13.0}"

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,20 @@ def model_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
 
 
 @contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGTERM/SIGUSR1 while checkpoint writers start: dist_checkpointing spawns a
+    helper process that inherits the mask, so a signal sent to every process of the job (a
+    Slurm step signal, scancel) cannot kill the writer mid-save. The signal is delivered to
+    this process (and recorded by the preemption watcher) when the block ends."""
+    held = {signal.SIGTERM, signal.SIGUSR1}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def _full_parameters(models: list[torch.nn.Module], zero_stage: int, modify: bool):
     """ZeRO-3 keeps each parameter partitioned across DP ranks; gather them while the
     weights are read or written (with `modify`, rank 0's values are re-partitioned)."""
@@ -152,8 +167,16 @@ def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: in
             f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
         )
     check_metadata_is_plain(ckpt / "model" / ".metadata")
-    with _full_parameters(models, zero_stage, modify=True):
-        state = dist_checkpointing.load(model_sharded_state_dict(models), str(ckpt / "model"))
+    with signals_deferred(), _full_parameters(models, zero_stage, modify=True):
+        try:
+            state = dist_checkpointing.load(model_sharded_state_dict(models),
+                                            str(ckpt / "model"))
+        except Exception as err:  # megatron's messages run to many lines
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"{ckpt}: its weights do not fit this model ({type(err).__name__}: "
+                f"{first[:200]}); the model config differs from the checkpoint's, compare "
+                f"with `nextlat-pt ckpt inspect {ckpt} CONFIG`") from err
         per_model = [state] if len(models) == 1 else [state[f"model{i}"]
                                                       for i in range(len(models))]
         for model, model_state in zip(models, per_model):
@@ -276,7 +299,7 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, ste
             _finalize(tmp, final, step)
             prune(root, cfg.checkpoint.keep)
 
-    with _full_parameters(models, cfg.parallel.zero_stage, modify=False):
+    with signals_deferred(), _full_parameters(models, cfg.parallel.zero_stage, modify=False):
         request = dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"),
                                           async_sharded_save=async_saves is not None)
         if async_saves is not None:
@@ -391,7 +414,10 @@ def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engi
     notes: list[str] = []
     same_layout = state.get("layout") == layout_of(cfg)
     optimizer = rng = False
-    if weights_only:
+    if (state.get("layout") or {}).get("converted_from_hf"):
+        notes.append("a checkpoint converted from Hugging Face: weights only; optimizer and "
+                     "RNG start fresh")
+    elif weights_only:
         notes.append("weights only (checkpoint.load_weights_only): optimizer, RNG and data "
                      "position start fresh")
     elif not same_layout:
@@ -409,8 +435,8 @@ def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engi
 def _fmt_layout(layout: dict[str, int] | None) -> str:
     if not layout:
         return "unknown"
-    return (f"tp={layout['tp']} pp={layout['pp']} dp={layout['dp']} vpp={layout['vpp']} "
-            f"zero={layout['zero_stage']}")
+    return (f"tp={layout.get('tp')} pp={layout.get('pp')} dp={layout.get('dp')} "
+            f"vpp={layout.get('vpp')} zero={layout.get('zero_stage')}")
 
 
 def _load_optimizer(ckpt: Path, engine: Any) -> None:

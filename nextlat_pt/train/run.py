@@ -140,6 +140,8 @@ def _validation(plan: DataPlan, cfg: Config, device: torch.device):
 def run_training(cfg: Config) -> dict[str, Any]:
     """Train the model `cfg` describes; returns the summary (final losses, entropy, paths)."""
     validate(cfg)
+    # Record stop requests from the very start (loading a large checkpoint takes minutes).
+    watcher = PreemptionWatcher(cfg.train.exit_duration_mins)
     layout = distributed.initialize(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp or None,
                                     seed=cfg.run.seed)
     log = _log(layout)
@@ -269,7 +271,6 @@ def run_training(cfg: Config) -> dict[str, Any]:
         if interval and step % interval == 0 and step != cfg.train.max_steps:
             checkpoint(trainer)
 
-    watcher = PreemptionWatcher(cfg.train.exit_duration_mins)
     trainer = Trainer(
         cfg, layout, engine, chunks,
         train_batches=_micro_batches(loader, device),
@@ -283,7 +284,6 @@ def run_training(cfg: Config) -> dict[str, Any]:
     try:
         summary = trainer.fit(info, stop_requested=lambda: watcher.should_stop(device))
     finally:
-        watcher.restore()
         loader.close()
     if summary["stopped"]:
         path = checkpoint(trainer, wait=True) if trainer.state.step not in saved_steps else None
@@ -294,8 +294,11 @@ def run_training(cfg: Config) -> dict[str, Any]:
         if layout.rank == 0:
             # Launchers that hide the workers' exit code (torchrun) can test for this file.
             (run_dir / PREEMPTED_MARKER).write_text(f"{trainer.state.step}\n")
+        if dist.is_initialized():
+            dist.barrier()  # no rank exits (and gets the job torn down) before the marker
         summary.update(checkpoint=str(path), run_dir=str(run_dir))
         trainer.close(summary)
+        watcher.restore()
         return summary
 
     replica_diff = replica_max_abs_diff(
@@ -324,6 +327,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
                 f"(ppl {math.exp(min(val_ce, 50)):.1f}) vs unigram entropy {entropy:.4f} "
                 f"nats/token: {entropy - val_ce:+.4f} below")
         log(f"run directory: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/)")
+    watcher.restore()
     return summary
 
 

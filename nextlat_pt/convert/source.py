@@ -1,0 +1,101 @@
+"""Find and check the nextlat_pt checkpoint an export or evaluation starts from.
+
+Accepts a step directory (…/checkpoints/step_N), a checkpoints directory or a run directory
+(the newest complete checkpoint is taken), and refuses anything incomplete or corrupt with
+one line that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nextlat_pt.config import Config, ConfigError, load_config
+from nextlat_pt.convert.errors import ConvertError
+from nextlat_pt.train.checkpoint import (
+    MARKER,
+    CheckpointError,
+    is_complete,
+    list_checkpoints,
+    verify_checksums,
+)
+
+
+@dataclass
+class NextLatCheckpoint:
+    """A complete, verified checkpoint with its config and trainer state."""
+
+    path: Path
+    config: Config
+    state: dict[str, Any]
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary (the embedding is padded beyond it)."""
+        return int(self.state["tokenizer"]["vocab_size"])
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """The parallel layout it was saved with (as recorded; may be a marker dict)."""
+        return self.state.get("layout") or {}
+
+
+def is_nextlat_checkpoint_dir(path: Path) -> bool:
+    """Whether `path` looks like one of our checkpoints (a step, checkpoints or run dir)."""
+    path = Path(path)
+    return ((path / "trainer_state.json").is_file() or (path / MARKER).is_file()
+            or (path / "checkpoints").is_dir() or bool(list_checkpoints(path)))
+
+
+def _pick_step(path: Path) -> Path:
+    """A step directory from a step, checkpoints or run directory."""
+    if (path / "trainer_state.json").is_file() or (path / MARKER).is_file() \
+            or path.name.startswith("step_"):
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    candidates = [p for p in list_checkpoints(root) if is_complete(p)]
+    if not candidates:
+        found = list_checkpoints(root)
+        hint = (f"; {len(found)} step director{'y is' if len(found) == 1 else 'ies are'} "
+                f"incomplete (no {MARKER} marker)" if found else "")
+        raise ConvertError(f"{path} holds no complete checkpoint{hint}; give a step directory "
+                           f"(…/checkpoints/step_N), a checkpoints directory or a run directory")
+    return candidates[-1]
+
+
+def open_checkpoint(path: str | Path, verify: bool = True) -> NextLatCheckpoint:
+    """The checkpoint at `path` (see module doc), its marker and checksums verified."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvertError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ConvertError(f"{path} is not a directory; give a checkpoint directory")
+    step = _pick_step(path)
+    if step.name.endswith(".tmp"):
+        raise ConvertError(f"{step} is an interrupted save (a .tmp directory); use a "
+                           f"complete checkpoint")
+    if not is_complete(step):
+        raise ConvertError(f"{step} is not a complete checkpoint (no {MARKER} marker: the "
+                           f"save did not finish); use another step")
+    if verify:
+        try:
+            verify_checksums(step)
+        except CheckpointError as err:
+            raise ConvertError(str(err)) from err
+    for name in ("trainer_state.json", "config.yaml", "model"):
+        if not (step / name).exists():
+            raise ConvertError(f"{step} has no {name}; it is not a nextlat_pt checkpoint")
+    try:
+        state = json.loads((step / "trainer_state.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ConvertError(f"{step}/trainer_state.json is not valid JSON ({err})") from err
+    if not isinstance(state.get("tokenizer"), dict) or "vocab_size" not in state["tokenizer"]:
+        raise ConvertError(f"{step}/trainer_state.json records no tokenizer vocab_size; it "
+                           f"was not written by nextlat_pt")
+    try:
+        config = load_config(step / "config.yaml")
+    except ConfigError as err:
+        raise ConvertError(f"{step}/config.yaml: {err}") from err
+    return NextLatCheckpoint(path=step, config=config, state=state)

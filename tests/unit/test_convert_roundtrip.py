@@ -1,0 +1,110 @@
+"""HF Llama -> nextlat_pt checkpoint -> HF Llama, without any training run.
+
+A random `LlamaForCausalLM` (GQA, RoPE base and norm eps off their defaults, vocabulary not a
+multiple of 128) with our sentencepiece tokenizer is converted to our checkpoint for a TP=2
+layout (so the vocabulary is padded), loaded into our megatron model through the trainer's
+own loader, and exported again: the logits must agree and the weights come back identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nextlat_pt.convert.to_hf import export_to_hf
+from nextlat_pt.convert.to_nextlat import import_from_hf
+from nextlat_pt.data.builtin_corpus import stdlib_source_files
+from nextlat_pt.data.tokenizer import train_sentencepiece
+
+VOCAB = 700
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+    files = stdlib_source_files()[:40]
+    return train_sentencepiece(files, tmp_path_factory.mktemp("sp"), VOCAB, num_threads=1)
+
+
+def make_llama(out, sp_model, tied: bool):
+    """A random Llama folder with our tokenizer beside it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nextlat_pt.convert.hf_tokenizer import save_hf_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=5000.0,
+                         tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # norms away from 1 so a swapped norm shows
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    model.save_pretrained(str(out))
+    save_hf_tokenizer(sp_model, out, 64)
+    return model
+
+
+def _tensors(folder):
+    out = {}
+    for path in folder.glob("model*.safetensors"):
+        out.update(load_file(str(path)))
+    return out
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_hf_to_nextlat_to_hf(tied, sp_model, tmp_path, parallel_tp1):
+    from nextlat_pt.convert.source import open_checkpoint
+    from nextlat_pt.eval.models import NextLatModel
+
+    hf_dir, ckpt_dir, back = tmp_path / "hf", tmp_path / "ckpt", tmp_path / "back"
+    hf_model = make_llama(hf_dir, sp_model, tied).eval()
+    result = import_from_hf(hf_dir, ckpt_dir, ["parallel.tp=2", "model.seq_len=64"])
+    assert result.psi == "fresh"  # a foreign folder has no ψ: freshly initialised
+    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
+    assert state["layout"]["converted_from_hf"] and state["layout"]["tp"] == 2
+    assert state["step"] == 0 and state["tokenizer"]["vocab_size"] == VOCAB
+
+    ours = NextLatModel(open_checkpoint(ckpt_dir))
+    assert ours.model.padded_vocab_size == 768  # padded for TP=2: multiple of 256
+    ids = torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (ours.logits(ids) - hf_model(input_ids=ids).logits).abs().max().item()
+    print(f"{'tied' if tied else 'untied'} HF -> ours: max |Δlogits| = {diff:.3e}")
+    assert diff <= 1e-4, diff
+
+    export_to_hf(ckpt_dir, back, progress=False)
+    original, again = _tensors(hf_dir), _tensors(back)
+    assert original.keys() == again.keys()
+    for name in original:
+        assert torch.equal(original[name], again[name]), name
+    cfg = json.loads((back / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is tied and cfg["num_key_value_heads"] == 2
+    assert cfg["rope_parameters"]["rope_theta"] == 5000.0 and cfg["rms_norm_eps"] == 1e-6
+
+
+def test_psi_survives_the_round_trip_and_ntp_drops_it(sp_model, tmp_path, parallel_tp1):
+    hf_dir = tmp_path / "hf"
+    make_llama(hf_dir, sp_model, tied=False)
+    import_from_hf(hf_dir, tmp_path / "ckpt", ["model.seq_len=64"])
+    export_to_hf(tmp_path / "ckpt", tmp_path / "export", progress=False)
+    psi = load_file(str(tmp_path / "export" / "nextlat_dynamics.safetensors"))
+    assert psi["fc1.weight"].shape == (128, 128)  # width 128·round(2·64/128), input [h; e]
+
+    # Our export carries ψ: importing it again keeps ψ exactly.
+    result = import_from_hf(tmp_path / "export", tmp_path / "ckpt2")
+    assert result.psi == "loaded"
+    export_to_hf(tmp_path / "ckpt2", tmp_path / "export2", progress=False)
+    again = load_file(str(tmp_path / "export2" / "nextlat_dynamics.safetensors"))
+    assert all(torch.equal(psi[k], again[k]) for k in psi)
+
+    shutil.rmtree(tmp_path / "ckpt2")
+    result = import_from_hf(tmp_path / "export", tmp_path / "ckpt2", ["nextlat.objective=ntp"])
+    assert result.psi == "none"
+    export_to_hf(tmp_path / "ckpt2", tmp_path / "export3", progress=False)
+    assert not (tmp_path / "export3" / "nextlat_dynamics.safetensors").exists()
