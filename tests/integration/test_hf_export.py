@@ -41,6 +41,7 @@ COMMON = [
 ]
 RUNS = {
     "tp1": (1, ["train.max_steps=40", "logging.interval=10"]),
+    "tp2": (2, ["parallel.tp=2", "model.num_query_groups=2", "train.max_steps=2"]),
     "pp2": (2, ["parallel.pp=2", "model.tie_embeddings=true",
                 "model.make_vocab_size_divisible_by=100", "train.max_steps=2"]),
     "tp2pp2": (4, ["parallel.tp=2", "parallel.pp=2", "model.num_query_groups=2",
