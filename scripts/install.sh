@@ -17,14 +17,16 @@ VENV="${NEXTLAT_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_DEFAULT="${NEXTLAT_TORCH:-torch==2.13.0}"
 
-if [[ -z "${VIRTUAL_ENV:-}" ]]; then
-  if [[ ! -x "$VENV/bin/python" ]]; then
-    # --system-site-packages: a torch installed system-wide (CUDA images) stays visible.
-    "$PYTHON" -m venv --system-site-packages "$VENV"
-  fi
-  # shellcheck disable=SC1091
-  source "$VENV/bin/activate"
+# Always the project's own environment (the Makefile runs $VENV/bin/...), whatever venv the
+# calling shell has active.
+unset VIRTUAL_ENV
+if [[ ! -x "$VENV/bin/python" ]]; then
+  # --system-site-packages: a torch installed for $PYTHON (a CUDA image, a conda env) stays
+  # visible and is kept.
+  "$PYTHON" -m venv --system-site-packages "$VENV"
 fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
 
 STAMP="$VENV/.installed${EXTRAS}"
 HASH="$(cat setup.py scripts/install.sh | sha256sum | cut -d' ' -f1)"
