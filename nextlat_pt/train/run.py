@@ -238,6 +238,14 @@ def run_training(cfg: Config) -> dict[str, Any]:
 
     replica_diff = None
 
+    def from_logging_rank(value: Any) -> Any:
+        """The losses live on the last rank; rank 0 writes the trainer state."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=dist.get_world_size() - 1)
+        return box[0]
+
     def trainer_state(trainer: Trainer) -> dict[str, Any]:
         return {
             "step": trainer.state.step,
@@ -248,7 +256,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "data": {"sources": plan.sources, "valid": str(plan.valid) if plan.valid else None,
                      "seq_len": cfg.model.seq_len, "fingerprint": data_fingerprint(plan.sources)},
             "wandb_id": wandb_id,
-            "last_metrics": trainer.state.last_metrics,
+            "last_metrics": from_logging_rank(trainer.state.last_metrics),
             "embedding_replica_max_abs_diff": replica_diff,
         }
 

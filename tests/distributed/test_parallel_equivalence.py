@@ -114,6 +114,8 @@ def test_layout_matches_single_process(parallel_tp1, runs, case):
         state = json.loads((run_dir / "checkpoints" / "step_0000003" / "trainer_state.json")
                            .read_text())
         assert state["embedding_replica_max_abs_diff"] == 0.0
+        # The losses live on the last stage; rank 0 writes the state with them.
+        assert state["last_metrics"]["loss"] == _losses(run_dir)[-1]["loss"]
 
 
 def test_gradient_accumulation_matches_one_big_batch(parallel_tp1, runs):
