@@ -151,33 +151,3 @@ class GlobalBatchSampler:
             indices = self.stream(start, start + local)
             self.consumed_samples += self.global_batch_size
             yield indices
-
-
-def batch_iterator(
-    dataset: PackedTokenDataset, sampler: GlobalBatchSampler, micro_batch_size: int
-) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """For each global batch, this rank's micro-batches.
-
-    Each micro-batch is {"tokens", "doc_ids"}: int64 tensors [micro_batch_size, seq_len + 1].
-    Endless, like the sampler.
-    """
-    if sampler.num_samples != len(dataset):
-        raise ValueError(
-            f"sampler covers {sampler.num_samples} samples but the dataset has {len(dataset)}; "
-            "build the sampler with num_samples=len(dataset)"
-        )
-    if micro_batch_size < 1 or sampler.local_batch_size % micro_batch_size:
-        raise ValueError(
-            f"micro_batch_size={micro_batch_size} does not divide this rank's share of the "
-            f"global batch ({sampler.global_batch_size} / dp {sampler.dp_size} = "
-            f"{sampler.local_batch_size}); pick a micro batch size that divides it"
-        )
-    return _micro_batches(dataset, sampler, micro_batch_size)
-
-
-def _micro_batches(
-    dataset: PackedTokenDataset, sampler: GlobalBatchSampler, mbs: int
-) -> Iterator[list[dict[str, torch.Tensor]]]:
-    # Separate from batch_iterator so its argument checks run at the call, not at first next().
-    for indices in sampler:
-        yield [dataset.get_batch(indices[i : i + mbs]) for i in range(0, len(indices), mbs)]

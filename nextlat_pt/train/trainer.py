@@ -166,8 +166,9 @@ class Trainer:
         )
         metrics.setdefault("latent", None)
         metrics.setdefault("kl", None)
-        if self.data_stats is not None and self.data_stats().get("skipped_samples"):
-            metrics["skipped_samples"] = int(self.data_stats()["skipped_samples"])
+        skipped = self.data_stats().get("skipped_samples") if self.data_stats else 0
+        if skipped:
+            metrics["skipped_samples"] = int(skipped)
         self.state.last_metrics = metrics
         return metrics
 

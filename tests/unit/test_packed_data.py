@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nextlat_pt.data.packed import GlobalBatchSampler, PackedTokenDataset, batch_iterator
+from nextlat_pt.data.packed import GlobalBatchSampler, PackedTokenDataset
 
 EOS = 2
 
@@ -149,31 +149,3 @@ def test_sampler_errors():
         GlobalBatchSampler(100, 8, seed=0, dp_rank=2, dp_size=2)
     with pytest.raises(ValueError, match="num_samples=0"):
         GlobalBatchSampler(0, 8, seed=0)
-
-
-# ---------------------------------------------------------------- batch_iterator
-
-
-def test_batch_iterator_yields_this_ranks_micro_batches():
-    tokens = np.random.default_rng(1).integers(0, 9, size=10 * 16 + 1).astype(np.uint16)
-    ds = PackedTokenDataset(tokens, seq_len=16, eos_id=EOS)
-    sampler = GlobalBatchSampler(len(ds), 8, seed=0, dp_rank=1, dp_size=2)
-    expected = _take(GlobalBatchSampler(len(ds), 8, seed=0, dp_rank=1, dp_size=2), 3)
-    got = list(itertools.islice(batch_iterator(ds, sampler, micro_batch_size=2), 3))
-    for indices, micro_batches in zip(expected, got):
-        assert len(micro_batches) == 2
-        for m, mb in enumerate(micro_batches):
-            assert mb["tokens"].shape == mb["doc_ids"].shape == (2, 17)
-            ref = ds.get_batch(indices[2 * m : 2 * m + 2])
-            assert torch.equal(mb["tokens"], ref["tokens"])
-            assert torch.equal(mb["doc_ids"], ref["doc_ids"])
-    assert sampler.consumed_samples == 3 * 8
-
-
-def test_batch_iterator_errors():
-    ds = PackedTokenDataset(np.zeros(10 * 4 + 1, dtype=np.uint16), seq_len=4, eos_id=EOS)
-    sampler = GlobalBatchSampler(len(ds), 12, seed=0, dp_size=2)  # 6 per rank
-    with pytest.raises(ValueError, match=r"micro_batch_size=4 does not divide .* = 6\)"):
-        batch_iterator(ds, sampler, micro_batch_size=4)
-    with pytest.raises(ValueError, match="num_samples=len"):
-        batch_iterator(ds, GlobalBatchSampler(len(ds) + 1, 12, seed=0), micro_batch_size=3)
