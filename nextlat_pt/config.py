@@ -65,6 +65,7 @@ class NextLatConfig:
     kl_temperature: float = 1.0
     detach_next_embedding: bool = False
     mask_prompt_in_latent: bool = False
+    kl_chunk_tokens: int = 1024  # tokens decoded through the frozen head at once (KL memory)
 
 
 @dataclass
@@ -453,6 +454,9 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(f"nextlat.smooth_l1_beta must be positive (got {n.smooth_l1_beta})")
     if n.kl_temperature <= 0:
         raise ConfigError(f"nextlat.kl_temperature must be positive (got {n.kl_temperature})")
+    if n.kl_chunk_tokens < 1:
+        raise ConfigError(f"nextlat.kl_chunk_tokens must be at least 1 (got "
+                          f"{n.kl_chunk_tokens}); it bounds the KL's memory, 1024 is typical")
     if n.proj_factor <= 0:
         raise ConfigError(f"nextlat.proj_factor must be positive (got {n.proj_factor})")
     if n.psi_width < 0:

@@ -15,6 +15,10 @@ Reductions (the paper leaves some open; each is a field of NextLatLossConfig):
   the width D. Not masked on prompt positions (belief states form while reading the prompt).
 - KL: sum over the vocabulary, mean over valid positions, prompt positions masked at t+i.
 - A pair (t, i) is valid only if x_t .. x_{t+i} lie in one document (packed sequences).
+
+Memory: the KL decodes ĥ through the frozen head in token chunks (`frozen_head_kl`), so no
+rollout step keeps a [T, B, V] tensor; the teacher is the CE logits themselves plus one
+log-normaliser per token.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from torch import Tensor
 
-from nextlat_pt.model.vocab_parallel import (
-    vocab_parallel_ce,
-    vocab_parallel_kl,
-    vocab_parallel_log_softmax,
+from nextlat_pt.model.frozen_head_kl import (
+    DEFAULT_CHUNK_TOKENS,
+    frozen_head_kl,
+    teacher_log_normalizer,
 )
+from nextlat_pt.model.vocab_parallel import vocab_parallel_ce
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class NextLatLossConfig:
     kl_temperature: float = 1.0  # not stated in the paper; τ = 1
     detach_next_embedding: bool = False  # open point: the paper's code likely lets it train
     mask_prompt_in_latent: bool = False  # the paper does not mask the latent loss on prompts
+    kl_chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # tokens decoded at once in the KL (memory)
 
 
 @dataclass
@@ -87,13 +92,10 @@ def same_document(doc_ids: Tensor | None, i: int, like: Tensor) -> Tensor:
     return doc_ids[:-i] == doc_ids[i:]
 
 
-def frozen_head_logits(latent: Tensor, head_weight: Tensor) -> Tensor:
-    """Decode ĥ through the LM head with the head frozen: gradients reach ĥ, never W.
-
-    Under TP the head is vocab-parallel: the copy region all-reduces ĥ's gradient over the
-    TP ranks in backward (each rank decodes a slice of the vocabulary).
-    """
-    return F.linear(copy_to_tensor_model_parallel_region(latent), head_weight.detach())
+def mean_weights(mask: Tensor) -> Tensor:
+    """Per-position weights that turn a weighted sum into `masked_mean(·, mask)`."""
+    mask = mask.float()
+    return mask / mask.sum().clamp(min=1.0)
 
 
 def nextlat_loss(
@@ -113,7 +115,7 @@ def nextlat_loss(
     Args:
         hidden: h, [T, B, D], final post-norm hidden states (not detached).
         logits: [T, B, V/tp], the LM head applied to `hidden` (vocab-parallel under TP).
-            Overwritten in place by the CE kernel: pass nothing you need afterwards.
+            The KL's teacher; then overwritten in place by the CE kernel.
         labels: [T, B], labels[t] = x_{t+1}.
         input_embeddings: E(x_t), [T, B, D], from the model's shared input embedding.
         head_weight: the local LM-head weight [V/tp, D] (frozen inside the KL).
@@ -124,10 +126,9 @@ def nextlat_loss(
     """
     loss_mask = loss_mask.float()
     d = cfg.horizon
-    # The teacher distributions p(·|sg h_{t+i}) are the CE logits, detached. Take them before
-    # the CE kernel reuses the logits' memory.
-    teacher_log_probs = vocab_parallel_log_softmax(logits, cfg.kl_temperature)
-    ce = next_token_loss(logits, labels, loss_mask)
+    # The teacher distributions p(·|sg h_{t+i}) = softmax(logits/τ), detached: the logits
+    # plus one log-normaliser per position. The CE (last) reuses the logits' memory.
+    teacher_lse = teacher_log_normalizer(logits, cfg.kl_temperature, cfg.kl_chunk_tokens)
 
     next_embeddings = input_embeddings.detach() if cfg.detach_next_embedding else input_embeddings
     target = hidden.detach()  # sg[h]: regression targets
@@ -147,10 +148,13 @@ def nextlat_loss(
         latent_loss = latent_loss + masked_mean(l1.mean(dim=-1), latent_mask)
 
         if cfg.lambda_kl != 0.0:
-            student_logits = frozen_head_logits(predicted, head_weight)
-            kl = vocab_parallel_kl(student_logits, teacher_log_probs[i:], cfg.kl_temperature)
-            kl_loss = kl_loss + masked_mean(kl, in_document * loss_mask[i:])
+            # KL(p(·|sg h_{t+i}) ‖ softmax(sg[W] ĥ_{t+i})), mean over the valid positions
+            kl_loss = kl_loss + frozen_head_kl(
+                predicted, head_weight, logits[i:], teacher_lse[i:],
+                mean_weights(in_document * loss_mask[i:]), cfg.kl_temperature,
+                cfg.kl_chunk_tokens)
 
+    ce = next_token_loss(logits, labels, loss_mask)  # after the KL: it overwrites the logits
     latent_loss = latent_loss / d
     kl_loss = kl_loss / d
     total = ce + cfg.lambda_latent * latent_loss + cfg.lambda_kl * kl_loss

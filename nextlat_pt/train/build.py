@@ -69,6 +69,7 @@ def loss_config(cfg: Config) -> NextLatLossConfig | None:
         kl_temperature=n.kl_temperature,
         detach_next_embedding=n.detach_next_embedding,
         mask_prompt_in_latent=n.mask_prompt_in_latent,
+        kl_chunk_tokens=n.kl_chunk_tokens,
     )
 
 

@@ -250,6 +250,16 @@ def test_matches_reference(parallel_tp1, d, docs, prompt):
     check_against_reference(p, dataclasses.replace(BASE, horizon=d))
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+@pytest.mark.parametrize("tau", [1.0, 1.7])
+def test_matches_reference_in_token_chunks(parallel_tp1, chunk, tau):
+    """The KL decoded a few tokens at a time (chunks that split batch rows and positions, and
+    chunks whose positions are all masked) equals the reference, value and gradients."""
+    p = make_problem(docs=True, prompt=True, seed=31)
+    check_against_reference(p, dataclasses.replace(BASE, horizon=3, kl_temperature=tau,
+                                                   kl_chunk_tokens=chunk))
+
+
 @pytest.mark.parametrize(
     "knobs",
     [
