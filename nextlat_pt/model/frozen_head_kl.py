@@ -40,13 +40,15 @@ def _all_reduce(tensor: Tensor, group: dist.ProcessGroup | None,
         dist.all_reduce(tensor, op=op, group=group)
 
 
-def _scaled_logits(logits: Tensor, temperature: float) -> Tensor:
-    """logits / τ as a new float32 tensor (the caller may modify it in place)."""
-    out = logits.float()
-    out = out.clone() if out.data_ptr() == logits.data_ptr() else out
-    if temperature != 1.0:
-        out.div_(temperature)
-    return out
+def _global_logsumexp(local_lse: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+    """Combine each TP rank's log Σ exp over its vocabulary slice into the full one."""
+    if group is None:
+        return local_lse
+    top = local_lse.clone()
+    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    total = (local_lse - top).exp()
+    dist.all_reduce(total, group=group)
+    return top + total.log()
 
 
 def teacher_log_normalizer(logits: Tensor, temperature: float = 1.0,
@@ -61,17 +63,20 @@ def teacher_log_normalizer(logits: Tensor, temperature: float = 1.0,
     lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     with torch.no_grad():
         for start in range(0, flat.shape[0], chunk_tokens):
-            z = _scaled_logits(flat[start:start + chunk_tokens], temperature)
-            zmax = z.max(dim=-1, keepdim=True).values
-            _all_reduce(zmax, group, dist.ReduceOp.MAX)
-            sum_exp = z.sub_(zmax).exp_().sum(dim=-1, keepdim=True)
-            _all_reduce(sum_exp, group)
-            lse[start:start + chunk_tokens] = (zmax + sum_exp.log()).squeeze(-1)
+            z = flat[start:start + chunk_tokens].float()
+            if temperature != 1.0:
+                z = z / temperature
+            lse[start:start + chunk_tokens] = _global_logsumexp(torch.logsumexp(z, -1), group)
     return lse.reshape(logits.shape[:-1])
 
 
 class _ChunkedFrozenHeadKL(torch.autograd.Function):
-    """Σ_n w_n KL(p_n ‖ softmax(W ĥ_n / τ)); gradient to ĥ only, computed in forward."""
+    """Σ_n w_n KL(p_n ‖ softmax(W ĥ_n / τ)); gradient to ĥ only, computed in forward.
+
+    Per chunk the V-wide work is a handful of passes (this is what costs beyond the two
+    matmuls on a CPU): the student's log Σ exp, p = exp(log p), Σ p (log p − z), and
+    q − p; the weights w/τ scale the [chunk, D] gradient, not the [chunk, V] one.
+    """
 
     @staticmethod
     def forward(ctx, latent: Tensor, head_weight: Tensor, teacher_logits: Tensor,
@@ -83,33 +88,30 @@ class _ChunkedFrozenHeadKL(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=latent.device)
         for start in range(0, latent.shape[0], chunk_tokens):
             end = start + chunk_tokens
-            w = weights[start:end].float().unsqueeze(-1)
+            w = weights[start:end].float()
             if not bool((w != 0).any()):
                 continue  # nothing valid here: no contribution, zero gradient
-            # student: z = W ĥ / τ, then q = softmax(z) with the normaliser over all ranks
+            # student: z = W ĥ / τ and its normaliser over all ranks' vocabulary slices
             z = (latent[start:end] @ head_weight.t()).float()
             if temperature != 1.0:
                 z.div_(temperature)
-            zmax = z.max(dim=-1, keepdim=True).values
-            _all_reduce(zmax, group, dist.ReduceOp.MAX)
-            z.sub_(zmax)
-            q = z.exp()
-            sum_exp = q.sum(dim=-1, keepdim=True)
-            _all_reduce(sum_exp, group)
-            q.div_(sum_exp)
-            # teacher: log p = z_teacher / τ − lse
-            log_p = _scaled_logits(teacher_logits[start:end], temperature)
+            student_lse = _global_logsumexp(torch.logsumexp(z, -1), group).unsqueeze(-1)
+            # teacher: log p = z_teacher / τ − lse (a new tensor: the logits stay intact)
+            log_p = teacher_logits[start:end].float()
+            log_p = log_p / temperature if temperature != 1.0 else log_p.clone()
             log_p.sub_(teacher_lse[start:end].unsqueeze(-1))
             p = log_p.exp()
-            # KL = Σ_v p (log p − log q), log q = z − log Σ exp z. Σ_v p = 1 over the whole
-            # vocabulary, so each rank adds log Σexp · Σ_local p and the ranks' sum is exact.
-            kl_local = (log_p.sub_(z).mul_(p)).sum(dim=-1, keepdim=True)
-            kl_local += sum_exp.log() * p.sum(dim=-1, keepdim=True)
-            total += (kl_local * w).sum()
+            # KL = Σ_v p (log p − z) + log Σ exp z · Σ_v p. Σ_v p is 1 over the whole
+            # vocabulary; under TP each rank adds its share and the ranks' sum is exact.
+            kl = torch.linalg.vecdot(p, log_p.sub_(z))
+            share = p.sum(-1) if group is not None else 1.0
+            kl = kl + student_lse.squeeze(-1) * share
+            total += (kl * w).sum()
             if want_grad:
-                grad_logits = q.sub_(p).mul_(w / temperature)
-                grad_latent[start:end] = (grad_logits.to(head_weight.dtype)
-                                          @ head_weight).to(latent.dtype)
+                q_minus_p = z.sub_(student_lse).exp_().sub_(p)  # q − p, in z's memory
+                grad = (q_minus_p.to(head_weight.dtype) @ head_weight).float()
+                grad_latent[start:end] = (grad * (w / temperature).unsqueeze(-1)).to(
+                    latent.dtype)
         _all_reduce(total, group)
         ctx.save_for_backward(grad_latent if want_grad else None)
         return total
