@@ -2,6 +2,8 @@
 
     python bench/checkpoint_throughput.py [--repeats N] [section.key=value ...]
 
+`measure(overrides, repeats=..., directory=...)` returns the results as a dict (run_all).
+
 One process builds the model and DeepSpeed engine of the given config (default: 8 layers,
 D=512, vocab 4096, NextLat d=1; about 40M parameters, ~480 MB per checkpoint with the AdamW
 moments) and, side by side in one run, repeats:
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from benchlib import describe_machine, machine_info
 
 from nextlat_pt.config import load_config
 from nextlat_pt.parallel import distributed
@@ -59,65 +63,90 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def main() -> int:
+def measure(overrides: Sequence[str] = (), *, repeats: int = 5, directory: Path | None = None
+            ) -> dict[str, Any]:
+    """Build the model and engine, save `repeats` times each way; medians and ratios.
+
+    Initialises the one-process world if needed (the caller tears it down).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="ckpt_bench_", dir=directory))
+    try:
+        cfg = load_config(None, [*DEFAULTS, *overrides, f"checkpoint.dir={workdir}/ckpt"])
+        distributed.initialize(1, 1, seed=cfg.run.seed)
+        device = distributed.device()
+        chunks, engine = build_training(cfg, 4096, device)
+        models = [c.model for c in chunks]
+        params = sum(p.numel() for m in models for p in m.parameters())
+        # One real step so the optimizer has its moments (the checkpoint's real size).
+        seq = cfg.model.seq_len
+        tokens = torch.randint(0, 4096, (cfg.train.micro_batch_size, seq + 1), device=device)
+        loss, _ = engine(tokens[:, :-1], tokens[:, 1:].t().contiguous(),
+                         torch.ones(seq, tokens.shape[0], device=device),
+                         torch.zeros(seq, tokens.shape[0], dtype=torch.long, device=device))
+        engine.backward(loss)
+        engine.step()
+
+        raw_t, sync_t, async_block, async_total, sizes = [], [], [], [], []
+        step = 0
+        for _ in range(repeats):
+            step += 1
+            start = time.perf_counter()
+            ckpt = save_checkpoint(cfg, models, engine, step, {"step": step})
+            sync_t.append(time.perf_counter() - start)
+            sizes.append(_dir_bytes(ckpt))
+            raw_t.append(_raw_write(workdir / "raw.bin", sizes[-1]))
+
+            step += 1
+            saves = AsyncSaves()
+            start = time.perf_counter()
+            save_checkpoint(cfg, models, engine, step, {"step": step}, saves)
+            async_block.append(time.perf_counter() - start)
+            saves.wait()
+            async_total.append(time.perf_counter() - start)
+        del engine, chunks, models
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    med = statistics.median
+    nbytes = med(sizes)
+    raw_bps = nbytes / med(raw_t)
+    rows = []
+    for name, times in (("raw sequential write", raw_t), ("sync save (loop blocked)", sync_t),
+                        ("async save: loop blocked", async_block),
+                        ("async save: until complete", async_total)):
+        seconds = med(times)
+        rows.append({"name": name, "seconds": seconds, "bytes_per_s": nbytes / seconds,
+                     "vs_raw": (nbytes / seconds) / raw_bps, "times_s": times})
+    return {
+        "disk": str(workdir.parent),
+        "parameters": params,
+        "checkpoint_bytes": nbytes,
+        "repeats": repeats,
+        "rows": rows,
+        "sync_over_raw": rows[1]["vs_raw"],
+        "async_blocked_over_sync": med(async_block) / med(sync_t),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="ckpt_bench_", dir=args.dir))
-    cfg = load_config(None, [*DEFAULTS, *args.overrides, f"checkpoint.dir={workdir}/ckpt"])
-    distributed.initialize(1, 1, seed=cfg.run.seed)
-    device = distributed.device()
-    chunks, engine = build_training(cfg, 4096, device)
-    models = [c.model for c in chunks]
-    params = sum(p.numel() for m in models for p in m.parameters())
-    # One real step so the optimizer has its moments (the checkpoint's real size).
-    seq = cfg.model.seq_len
-    tokens = torch.randint(0, 4096, (cfg.train.micro_batch_size, seq + 1), device=device)
-    loss, _ = engine(tokens[:, :-1], tokens[:, 1:].t().contiguous(),
-                     torch.ones(seq, tokens.shape[0], device=device),
-                     torch.zeros(seq, tokens.shape[0], dtype=torch.long, device=device))
-    engine.backward(loss)
-    engine.step()
-
-    raw_t, sync_t, async_block, async_total, sizes = [], [], [], [], []
-    step = 0
-    for _ in range(args.repeats):
-        step += 1
-        start = time.perf_counter()
-        ckpt = save_checkpoint(cfg, models, engine, step, {"step": step})
-        sync_t.append(time.perf_counter() - start)
-        sizes.append(_dir_bytes(ckpt))
-        raw_t.append(_raw_write(workdir / "raw.bin", sizes[-1]))
-
-        step += 1
-        saves = AsyncSaves()
-        start = time.perf_counter()
-        save_checkpoint(cfg, models, engine, step, {"step": step}, saves)
-        async_block.append(time.perf_counter() - start)
-        saves.wait()
-        async_total.append(time.perf_counter() - start)
-
-    nbytes = statistics.median(sizes)
-    med = statistics.median
-    raw_bps = nbytes / med(raw_t)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}; disk: {workdir}")
+    result = measure(args.overrides, repeats=args.repeats, directory=args.dir)
+    print(f"machine: {describe_machine(machine_info())}; disk: {result['disk']}")
     print(f"command: python {' '.join(shlex.quote(a) for a in sys.argv)}")
-    print(f"model: {params / 1e6:.1f}M parameters; checkpoint {nbytes / 1e6:.0f} MB; "
-          f"{args.repeats} repeats, medians")
+    print(f"model: {result['parameters'] / 1e6:.1f}M parameters; checkpoint "
+          f"{result['checkpoint_bytes'] / 1e6:.0f} MB; {args.repeats} repeats, medians")
     print(f"{'':28}{'seconds':>10}{'MB/s':>10}{'vs raw':>9}")
-    rows = [("raw sequential write", med(raw_t)), ("sync save (loop blocked)", med(sync_t)),
-            ("async save: loop blocked", med(async_block)),
-            ("async save: until complete", med(async_total))]
-    for name, seconds in rows:
-        mbps = nbytes / seconds / 1e6
-        print(f"{name:28}{seconds:>10.3f}{mbps:>10.0f}{(nbytes / seconds) / raw_bps:>9.2f}")
-    print(f"loop blocked per save: sync {med(sync_t):.3f} s, async {med(async_block):.3f} s "
-          f"({med(async_block) / med(sync_t):.2f} of sync)")
-    shutil.rmtree(workdir, ignore_errors=True)
+    for row in result["rows"]:
+        print(f"{row['name']:28}{row['seconds']:>10.3f}{row['bytes_per_s'] / 1e6:>10.0f}"
+              f"{row['vs_raw']:>9.2f}")
+    sync_s, block_s = result["rows"][1]["seconds"], result["rows"][2]["seconds"]
+    print(f"loop blocked per save: sync {sync_s:.3f} s, async {block_s:.3f} s "
+          f"({result['async_blocked_over_sync']:.2f} of sync)")
     distributed.destroy()
     return 0
 

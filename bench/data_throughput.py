@@ -4,6 +4,9 @@
                                     [--vocab-size 32000] [--tokenizer MODEL] [--repeats 3]
                                     [--batches 100] [--workers N] [--json PATH]
 
+`measure(...)` returns the results as a dict (bench/run_all.py calls it with the training
+config's seq_len and batch).
+
 What is measured
 ----------------
 Real text: the Python standard library's sources on this machine (about 12 MB, the built-in
@@ -34,16 +37,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import numpy as np
 import sentencepiece
 
@@ -79,25 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores and versions: what the numbers were measured on."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "usable_cores": available_cpus(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "sentencepiece": sentencepiece.__version__,
-    }
+    info = benchlib.machine_info()
+    info.update(numpy=np.__version__, sentencepiece=sentencepiece.__version__)
+    return info
 
 
 def _median(values: list[float]) -> float:
@@ -130,23 +117,24 @@ def bench_prepare(jsonl: Path, model: Path, seq_len: int, workers: int, repeats:
     return _median(rates), out
 
 
-def bench_loader(data: Path, args: argparse.Namespace) -> tuple[float, float]:
+def bench_loader(data: Path, seq_len: int, global_batch: int, micro_batch: int, batches: int,
+                 repeats: int) -> tuple[float, float]:
     """Median training tokens/s handed to one rank; and the share of time spent waiting."""
     from nextlat_pt.data.loader import make_train_loader
 
     rates, waits = [], []
-    per_batch = args.global_batch * args.seq_len
-    for r in range(args.repeats):
-        with make_train_loader([(data, 1.0)], args.seq_len, args.global_batch, args.micro_batch,
+    per_batch = global_batch * seq_len
+    for r in range(repeats):
+        with make_train_loader([(data, 1.0)], seq_len, global_batch, micro_batch,
                                dp_rank=0, dp_size=1, seed=r) as loader:
             for _ in range(3):  # warm-up: thread start, file opens, first permutation
                 next(loader)
             t0 = time.perf_counter()
             wait0 = loader.stats()["data_wait_s"]
-            for _ in range(args.batches):
+            for _ in range(batches):
                 next(loader)
             elapsed = time.perf_counter() - t0
-            rates.append(args.batches * per_batch / elapsed)
+            rates.append(batches * per_batch / elapsed)
             waits.append((loader.stats()["data_wait_s"] - wait0) / elapsed)
     return _median(rates), _median(waits)
 
@@ -166,55 +154,79 @@ def bench_read(data: Path, seq_len: int, samples: int, repeats: int) -> float:
     return _median(rates)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    workers = args.workers or available_cpus()
-    command = shlex.join([sys.executable, *sys.argv])
-    info = machine_info()
-    print(f"command: {command}")
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+def measure(*, seq_len: int = 1024, micro_batch: int = 8, global_batch: int = 32,
+            vocab_size: int = 32000, tokenizer: str | Path | None = None, repeats: int = 3,
+            batches: int = 100, workers: int | None = None, max_files: int | None = None,
+            log=print) -> dict[str, Any]:
+    """Every measurement of the module doc; rates in tokens/s (medians over `repeats`).
 
-    texts = [p.read_bytes().decode("utf-8") for p in stdlib_source_files()]
-    results: dict[str, Any] = {"command": command, "machine": info}
+    `max_files` limits the corpus to the first N stdlib files (quick runs).
+    """
+    workers = workers or available_cpus()
+    files = stdlib_source_files()
+    texts = [p.read_bytes().decode("utf-8") for p in files[:max_files]]
+    result: dict[str, Any] = {"machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix="nextlat-data-bench-") as tmp:
         work = Path(tmp)
         jsonl = write_jsonl(work / "stdlib.jsonl", texts)
-        if args.tokenizer:
-            model = Path(args.tokenizer)
+        if tokenizer:
+            model = Path(tokenizer)
         else:
             t0 = time.perf_counter()
             model = train_sentencepiece_on(lambda: iter_lines(iter(texts)), work / "tok",
-                                           args.vocab_size, input_sentence_size=300_000)
-            print(f"trained a BPE tokenizer, vocab {args.vocab_size}, in "
-                  f"{time.perf_counter() - t0:.1f} s")
+                                           vocab_size, input_sentence_size=300_000)
+            log(f"trained a BPE tokenizer, vocab {vocab_size}, in "
+                f"{time.perf_counter() - t0:.1f} s")
         tok = Tokenizer.load(model)
         mb = sum(len(t.encode()) for t in texts) / 1e6
-        print(f"corpus: {len(texts)} stdlib files, {mb:.1f} MB; tokenizer vocab "
-              f"{tok.vocab_size}; seq_len {args.seq_len}, micro batch {args.micro_batch}, "
-              f"global batch {args.global_batch}, {args.repeats} repeats (medians)\n")
+        log(f"corpus: {len(texts)} stdlib files, {mb:.1f} MB; tokenizer vocab "
+            f"{tok.vocab_size}; seq_len {seq_len}, micro batch {micro_batch}, "
+            f"global batch {global_batch}, {repeats} repeats (medians)")
 
-        tok_rate, num_tokens = bench_tokenize(model, texts, args.repeats)
-        prep_rate, prepared = bench_prepare(jsonl, model, args.seq_len, workers, args.repeats,
-                                            work)
-        load_rate, wait_share = bench_loader(prepared, args)
-        read_rate = bench_read(prepared, args.seq_len, 2000, args.repeats)
+        tok_rate, num_tokens = bench_tokenize(model, texts, repeats)
+        prep_rate, prepared = bench_prepare(jsonl, model, seq_len, workers, repeats, work)
+        load_rate, wait_share = bench_loader(prepared, seq_len, global_batch, micro_batch,
+                                             batches, repeats)
+        read_rate = bench_read(prepared, seq_len, 2000, repeats)
+    result.update({
+        "corpus_files": len(texts), "corpus_mb": mb, "vocab_size": tok.vocab_size,
+        "seq_len": seq_len, "micro_batch": micro_batch, "global_batch": global_batch,
+        "workers": workers, "repeats": repeats, "tokens": num_tokens,
+        "tokenize_per_core": tok_rate, "prepare_wall": prep_rate,
+        "prepare_per_core": prep_rate / workers, "loader": load_rate, "read": read_rate,
+        "loader_wait_share": wait_share, "h100_tokens_per_s": H100_TOKENS_PER_S,
+    })
+    return result
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}")
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()))
+    r = measure(seq_len=args.seq_len, micro_batch=args.micro_batch,
+                global_batch=args.global_batch, vocab_size=args.vocab_size,
+                tokenizer=args.tokenizer, repeats=args.repeats, batches=args.batches,
+                workers=args.workers)
+    workers = r["workers"]
     rows = [
-        ("tokenize, 1 core", tok_rate, "offline"),
-        (f"prepare-data, {workers} workers (wall)", prep_rate, "offline"),
-        ("prepare-data, per core", prep_rate / workers, "offline"),
-        ("loader -> 1 rank (prefetch thread)", load_rate, "online"),
-        ("read, no prefetch (1 thread)", read_rate, "online"),
+        ("tokenize, 1 core", r["tokenize_per_core"], "offline"),
+        (f"prepare-data, {workers} workers (wall)", r["prepare_wall"], "offline"),
+        ("prepare-data, per core", r["prepare_per_core"], "offline"),
+        ("loader -> 1 rank (prefetch thread)", r["loader"], "online"),
+        ("read, no prefetch (1 thread)", r["read"], "online"),
     ]
+    print()
     print(f"{'':40s} {'tokens/s':>12s} {'÷ 50K (1 H100, 1.3B)':>22s}")
     for name, rate, _ in rows:
         print(f"{name:40s} {rate:12,.0f} {rate / H100_TOKENS_PER_S:21.1f}x")
-    print(f"\n{num_tokens:,} tokens; the loader's consumer waited {wait_share:.0%} of the time "
-          "(it does nothing else: the data path is the only work).")
+    print(f"\n{r['tokens']:,} tokens; the loader's consumer waited {r['loader_wait_share']:.0%} "
+          "of the time (it does nothing else: the data path is the only work).")
+    load_rate = r["loader"]
     verdict = "never the bottleneck" if load_rate > 10 * H100_TOKENS_PER_S else "TOO SLOW"
     print(f"loader: {load_rate / H100_TOKENS_PER_S:.0f}x what one H100 consumes -> {verdict}")
-    results.update({name: rate for name, rate, _ in rows}, tokens=num_tokens,
-                   h100_tokens_per_s=H100_TOKENS_PER_S, loader_wait_share=wait_share)
+    results = dict(r, command=command)
+    results.update({name: rate for name, rate, _ in rows})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -3,6 +3,9 @@
     python bench/nextlat_overhead.py [--repeats N] [--warmup W] [--d4] [--plain]
                                      [--threads N] [--json PATH] [section.key=value ...]
 
+`measure(...)` returns the same results as a dict (bench/run_all.py and
+bench/reference_step.py call it, the latter with extra steps timed in the same rotation).
+
 What is measured
 ----------------
 One process, one model config (the tiny job by default: 4 layers, D=256, T=256, micro batch 8,
@@ -50,15 +53,17 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
+from benchlib import describe_machine, interleave, machine_info, paired_ratio, quartiles
 
 from nextlat_pt.config import Config, ConfigError, load_config, validate
 from nextlat_pt.flops import flops_per_token, parameter_counts
@@ -87,7 +92,11 @@ class Variant:
     flops_per_token: float
     times: list[float] = field(default_factory=list)
     steps: int = 0
-    last_loss: float = float("nan")
+    losses: list[float] = field(default_factory=list)  # every step's loss, warm-up included
+
+    @property
+    def last_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,33 +119,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     return args
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch threads and versions: what the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def vocab_size(cfg: Config) -> int:
@@ -235,25 +217,18 @@ def train_step(variant: Variant, batches: list[MicroBatch], forward_backward,
     _sync(device)
     elapsed = time.perf_counter() - start
     variant.steps += 1
-    variant.last_loss = float(torch.stack([r["loss"].float() for r in records]).mean())
+    variant.losses.append(float(torch.stack([r["loss"].float() for r in records]).mean()))
     return elapsed
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """(q25, median, q75); for a single value all three are that value."""
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q25, q50, q75 = statistics.quantiles(values, n=4, method="inclusive")
-    return q25, q50, q75
-
-
 def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, Any]]:
+    """One row per variant: step-time distribution and ratios over the first (NTP)."""
     base = variants[0]
     base_median = statistics.median(base.times)
     rows = []
     for v in variants:
         q25, median, q75 = quartiles(v.times)
-        paired = statistics.median(t / b for t, b in zip(v.times, base.times))
+        paired = paired_ratio(v.times, base.times)
         rows.append({
             "variant": v.name,
             "horizon": v.horizon,
@@ -268,6 +243,7 @@ def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, A
             "gflops_per_s": v.flops_per_token * tokens_per_step / median / 1e9,
             "flops_per_token": v.flops_per_token,
             "times_s": v.times,
+            "losses": v.losses,
             "final_loss": v.last_loss,
         })
     return rows
@@ -286,89 +262,128 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{r['gflops_per_s']:>7.1f}")
 
 
+# An extra step timed in the same rotation as the variants (e.g. the HF reference):
+# built from the variants and the batch before any of them trains, it returns its name and
+# a callable that runs one step and returns its wall time.
+ExtraStep = Callable[[list[Variant], list[MicroBatch]], tuple[str, Callable[[], float]]]
+
+
+def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2),
+            repeats: int = 20, warmup: int = 2, plain: bool = False, seed: int = 1234,
+            extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
+    """Build the variants (NTP first), interleave their training steps, return the results.
+
+    Raises ConfigError on a bad override. Initialises the one-process world if needed (the
+    caller tears it down). `extra` steps run in the same rotation; their times are under
+    `extra_times`.
+    """
+    if not horizons or horizons[0] != 0:
+        raise ValueError("horizons must start with 0 (NTP, the baseline of every ratio)")
+    distributed.initialize(1, 1, seed=seed)
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    device = distributed.device()
+    variants = [build_variant("NTP" if d == 0 else f"NextLat d={d}", d, list(overrides),
+                              device, plain) for d in horizons]
+    cfg = variants[0].cfg
+    batches = random_batch(cfg, seed, device)
+    tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
+    forward_backward = get_forward_backward_func()
+    steps = {v.name: partial(train_step, v, batches, forward_backward, device)
+             for v in variants}
+    extra_names = []
+    for make in extra:  # built before any variant steps: they see the initial weights
+        name, step = make(variants, batches)
+        if name in steps:
+            raise ValueError(f"extra step name {name!r} is already taken")
+        steps[name] = step
+        extra_names.append(name)
+
+    started = time.perf_counter()
+    times = interleave(steps, repeats, warmup)
+    elapsed = time.perf_counter() - started
+    for v in variants:
+        v.times = times[v.name]
+
+    spec = variants[-1].model.spec
+    counts = parameter_counts(spec)
+    m = cfg.model
+    return {
+        "machine": machine_info(),
+        "config": cfg.to_dict(),
+        "model": {
+            "num_layers": m.num_layers, "hidden_size": m.hidden_size, "num_heads": m.num_heads,
+            "num_query_groups": cfg.num_query_groups, "ffn_hidden_size": cfg.ffn_hidden_size,
+            "vocab_size": spec.vocab_size,
+            "padded_vocab_size": padded_vocab_size(spec.vocab_size,
+                                                   spec.make_vocab_size_divisible_by, spec.tp),
+            "seq_len": m.seq_len, "psi_width": spec.psi_width,
+            "trunk_parameters": counts["trunk"], "psi_parameters": counts["psi"],
+            "attention_backend": variants[0].model.attention_backend,
+            "params_dtype": str(spec.params_dtype),
+        },
+        "device": str(device),
+        "step_path": ("torch AdamW + clip_grad_norm (--plain)" if plain
+                      else f"DeepSpeed engine (ZeRO-{cfg.parallel.zero_stage}), as "
+                           "Trainer.train_step"),
+        "micro_batches": len(batches),
+        "tokens_per_step": tokens_per_step,
+        "warmup": warmup,
+        "repeats": repeats,
+        "elapsed_s": elapsed,
+        "rows": summarize(variants, tokens_per_step),
+        "extra_times": {name: times[name] for name in extra_names},
+        "_variants": variants,  # live objects for callers in this process; not JSON
+    }
+
+
+def json_ready(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without its live objects (keys starting with '_')."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    distributed.initialize(1, 1, seed=args.seed)
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    device = distributed.device()
     horizons = [0, 1, 2] + ([4] if args.d4 else [])
+    print(f"command: {command}", flush=True)
     try:
-        variants = [
-            build_variant("NTP" if d == 0 else f"NextLat d={d}", d, args.overrides, device,
-                          args.plain)
-            for d in horizons
-        ]
+        result = measure(args.overrides, horizons=horizons, repeats=args.repeats,
+                         warmup=args.warmup, plain=args.plain, seed=args.seed)
     except ConfigError as err:
         print(f"nextlat_overhead: config error: {err}", file=sys.stderr)
         distributed.destroy()
         return 2
-    cfg = variants[0].cfg
-    batches = random_batch(cfg, args.seed, device)
-    tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
-    forward_backward = get_forward_backward_func()
-
-    machine = machine_info()
-    nextlat_spec = variants[1].model.spec
-    counts = parameter_counts(nextlat_spec)
-    vocab = nextlat_spec.vocab_size
-    padded = padded_vocab_size(vocab, nextlat_spec.make_vocab_size_divisible_by, nextlat_spec.tp)
-    m = cfg.model
-    print(f"command: {command}")
-    print(f"machine: {machine['cpu']}; {machine['usable_cores']} usable cores "
-          f"({machine['cpu_count']} online); torch {machine['torch']} with "
-          f"{machine['torch_threads']} threads; python {machine['python']}"
-          + (f"; GPU {machine['gpu']}" if machine["gpu"] else "")
-          + (f"; load average {machine['load_average'][0]:.2f}"
-             if machine["load_average"] else ""))
-    print(f"model: {m.num_layers} layers, D={m.hidden_size}, {m.num_heads} heads "
-          f"({cfg.num_query_groups} kv groups), F={cfg.ffn_hidden_size}, vocab {vocab} "
-          f"(padded {padded}), T={m.seq_len}, ψ width {nextlat_spec.psi_width}; "
-          f"trunk {counts['trunk']:,} params, ψ {counts['psi']:,}; attention "
-          f"{variants[0].model.attention_backend}; device {device}")
-    print(f"step: global batch {cfg.train.global_batch_size} × T {m.seq_len} = "
-          f"{tokens_per_step} tokens, {len(batches)} micro-batch(es) of "
+    cfg = result["_variants"][0].cfg
+    m, info = result["model"], result["machine"]
+    print(f"machine: {describe_machine(info)}")
+    print(f"model: {m['num_layers']} layers, D={m['hidden_size']}, {m['num_heads']} heads "
+          f"({m['num_query_groups']} kv groups), F={m['ffn_hidden_size']}, vocab "
+          f"{m['vocab_size']} (padded {m['padded_vocab_size']}), T={m['seq_len']}, ψ width "
+          f"{m['psi_width']}; trunk {m['trunk_parameters']:,} params, ψ "
+          f"{m['psi_parameters']:,}; attention {m['attention_backend']}; device "
+          f"{result['device']}")
+    print(f"step: global batch {cfg.train.global_batch_size} × T {m['seq_len']} = "
+          f"{result['tokens_per_step']} tokens, {result['micro_batches']} micro-batch(es) of "
           f"{cfg.train.micro_batch_size}; warmup {args.warmup} steps/variant, "
-          f"{args.repeats} interleaved repeats; step path: "
-          + ("torch AdamW + clip_grad_norm (--plain)" if args.plain
-             else f"DeepSpeed engine (ZeRO-{cfg.parallel.zero_stage}), as Trainer.train_step")
-          + f"; params {nextlat_spec.params_dtype}", flush=True)
+          f"{args.repeats} interleaved repeats; step path: {result['step_path']}; params "
+          f"{m['params_dtype']}")
     if cfg.train.recompute_activations:
         print("note: train.recompute_activations adds a forward of the layers that the FLOP "
               "ratio does not count (it predicts model FLOPs)")
-
-    started = time.perf_counter()
-    for variant in variants:
-        for _ in range(args.warmup):
-            train_step(variant, batches, forward_backward, device)
-    for r in range(args.repeats):
-        shift = r % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            variant.times.append(train_step(variant, batches, forward_backward, device))
-    elapsed = time.perf_counter() - started
-
-    rows = summarize(variants, tokens_per_step)
+    rows = result["rows"]
     print()
     print_table(rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n({elapsed:.0f} s of stepping, load average now {load:.2f}; losses after the "
-          "last step: " + ", ".join(f"{r['variant']} {r['final_loss']:.3f}" for r in rows) + ")")
+    print(f"\n({result['elapsed_s']:.0f} s of stepping, load average now {load:.2f}; losses "
+          "after the last step: "
+          + ", ".join(f"{r['variant']} {r['final_loss']:.3f}" for r in rows) + ")")
 
     if args.json:
-        result = {
-            "command": command,
-            "machine": machine,
-            "config": cfg.to_dict(),
-            "tokens_per_step": tokens_per_step,
-            "warmup": args.warmup,
-            "repeats": args.repeats,
-            "results": rows,
-        }
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(dict(json_ready(result), command=command), f, indent=2)
         print(f"wrote {args.json}")
     distributed.destroy()
     return 0

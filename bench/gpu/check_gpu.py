@@ -1,47 +1,120 @@
 """One short script for a lent GPU (H100/H200): the CUDA paths the CPU machines cannot run.
 
-    python bench/gpu/check_gpu.py [--layers 4] [--steps 10] [--json out.json]
-    python bench/gpu/check_gpu.py --cpu-smoke          # the same code on CPU, tiny sizes
+    python bench/gpu/check_gpu.py [--layers 4] [--micro-batch 8] [--repeats 10] [--warmup 3]
+                                  [--peak-tflops T] [--sections a,b] [--json PATH]
+    python bench/gpu/check_gpu.py --dry-run     # the same code on CPU, tiny sizes, seconds
 
-1. flash-attn vs PyTorch SDPA: outputs and gradients of our core-attention module on the
-   same inputs (bf16), max |diff|, and the kernel time of each (median of repeats).
-2. NCCL: a world of one process with the NCCL backend, one all-reduce.
-3. Training steps of the paper's 1.3B shape (22 layers, width 2048, 16 heads, seq 1024,
-   vocab 50304) with reduced depth (`--layers`), bf16 with fp32 master weights through
-   DeepSpeed ZeRO-1, flash-attn: tokens/s, achieved TFLOP/s and MFU, for NTP, NextLat d=1 and
-   d=2 (step-time ratios over NTP beside the FLOP prediction).
+The model is configs/1b.yaml (the paper's 1.3B shape: width 2048, 16 heads, SwiGLU 5504,
+seq 1024, vocab 50,257 padded to 50,304, untied, ψ width 6528) at reduced depth `--layers`
+(22 is the full model), bf16 with fp32 master weights through DeepSpeed ZeRO-1, on one GPU.
+Every section fails soft (its error is recorded, the next one runs) and the JSON (default
+bench/results/gpu_latest.json) is rewritten after each section, so a run cut short by a
+time limit still leaves what it measured.
 
-MFU = (training FLOPs per token from nextlat_pt/flops.py × tokens/s) / peak dense bf16
-FLOP/s of the device (989e12 for H100 SXM, 989e12 for H200; override with --peak-tflops).
-The FLOP count includes the LM head, causal attention (half the square) and, for NextLat,
-ψ and the frozen-head KL matmuls (see flops.py).
+Sections
+--------
+1. attention: flash-attn vs PyTorch SDPA in our core-attention module on the same q, k, v
+   (bf16, seq 1024, batch 4, GQA 16/4 heads): max |Δ| of the output and of dq, and the
+   fwd+bwd time of each (median of repeats).
+2. model_parity: the whole model (the chosen depth) built twice from the same seed, once with
+   flash, once with SDPA attention: max |Δ| and max relative |Δ| of the bf16 logits on the same
+   tokens, and the forward+backward time of each (median).
+3. training: the framework's real training step (bench/nextlat_overhead.py: `build_training`,
+   megatron's schedule, `engine.step()`) for NTP, NextLat d=1 and d=2, interleaved round-robin:
+   median step time, tokens/s, TFLOP/s, MFU, NextLat over NTP beside the FLOP prediction.
+4. memory: peak memory of NTP and NextLat d=1 (torch.cuda.max_memory_allocated over the
+   baseline, each in a fresh process, bench/memory_peak.py) over nextlat_pt/memory.py's
+   estimate.
+5. nccl: a world of one process with the NCCL backend, one all-reduce (sanity only).
+
+MFU
+---
+MFU = (training FLOPs per token × tokens/s) / peak dense bf16 FLOP/s of the device.
+FLOPs per token are nextlat_pt/flops.py's `flops_per_token(...).total`: 6 × the matmul
+weights of the trunk and the LM head (forward 2, backward 4 per weight per token), plus
+causal attention 6·L·D·(T+1) (scores and values, half the square plus the diagonal), plus, for
+NextLat, ψ's three matmuls over the rollout and the frozen-head KL matmuls (forward and the
+input gradient only), weighted by the rollout's coverage. Elementwise work, the CE/KL
+softmaxes, the optimizer and activation recomputation are not counted. `mfu_trunk` counts only
+the NTP part (trunk + attention) for every objective: the language model's utilisation; `mfu`
+counts NextLat's extra matmuls as useful work too. The peak comes from PEAK_BF16_TFLOPS, keyed
+by `torch.cuda.get_device_name()` (H100 SXM and H200: 989.4 TFLOP/s dense bf16), or
+`--peak-tflops`; for an unknown device without the flag MFU is left out (null).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
+
+BENCH = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BENCH))  # benchlib, nextlat_overhead, memory_peak
+
+from benchlib import machine_info, median_time  # noqa: E402
+
+REPO = BENCH.parent
+DEFAULT_JSON = BENCH / "results" / "gpu_latest.json"
+SECTIONS = ["attention", "model_parity", "training", "memory", "nccl"]
+# Dense bf16 tensor-core peaks (vendor datasheets, without sparsity), matched in order as
+# substrings of torch.cuda.get_device_name(): the first match wins.
+PEAK_BF16_TFLOPS = [
+    ("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),
+    ("H100", 989.4), ("H800", 989.4), ("A100", 312.0), ("L40S", 362.1), ("A10G", 70.0),
+]
+# configs/1b.yaml sections that describe the model and objective (the rest is the run's).
+MODEL_SECTIONS = ("model", "nextlat")
+GPT2_VOCAB = 50257
 
 
-def _time(fn, repeats: int, sync) -> float:
-    for _ in range(2):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def peak_tflops(device_name: str, override: float | None) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s: the override, else the table, else None."""
+    if override:
+        return override
+    for key, value in PEAK_BF16_TFLOPS:
+        if key in device_name:
+            return value
+    return None
 
 
-def attention_parity(device: torch.device, dtype: torch.dtype, flash: bool) -> dict:
+def config_overrides(name: str = "1b") -> list[str]:
+    """configs/<name>.yaml's model and objective keys as `section.key=value` overrides."""
+    data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    out = []
+    for section in MODEL_SECTIONS:
+        for key, value in (data.get(section) or {}).items():
+            text = value if isinstance(value, str) else json.dumps(value)  # true, 1e-5
+            out.append(f"{section}.{key}={text}")
+    return out
+
+
+def model_overrides(args: argparse.Namespace, flash: bool) -> list[str]:
+    """The benchmark's model: 1b.yaml at `--layers`, bf16 (dry run: a tiny CPU model)."""
+    if args.dry_run:
+        return ["model.num_layers=2", "model.hidden_size=128", "model.num_heads=4",
+                "model.seq_len=64", "model.vocab_size=512", "nextlat.psi_width=256",
+                "train.micro_batch_size=2", "train.global_batch_size=2"]
+    return [*config_overrides("1b"), f"model.num_layers={args.layers}",
+            f"model.vocab_size={GPT2_VOCAB}", f"train.micro_batch_size={args.micro_batch}",
+            f"train.global_batch_size={args.micro_batch}", "precision.dtype=bf16",
+            f"model.attention_backend={'flash' if flash else 'sdpa'}"]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def attention_parity(device: torch.device, dtype: torch.dtype, flash: bool,
+                     repeats: int) -> dict[str, Any]:
     """Our SDPA and flash core attention on the same q, k, v (GQA 16/4 heads)."""
     from megatron.core.transformer.enums import AttnMaskType
 
@@ -49,17 +122,22 @@ def attention_parity(device: torch.device, dtype: torch.dtype, flash: bool) -> d
     from nextlat_pt.model.gpt import ModelSpec, transformer_config
 
     spec = ModelSpec(num_layers=1, hidden_size=2048, num_heads=16, num_query_groups=4,
-                     ffn_hidden_size=5504, vocab_size=512, max_position_embeddings=1024)
+                     ffn_hidden_size=5504, vocab_size=512, max_position_embeddings=1024,
+                     params_dtype=dtype)
     config = transformer_config(spec)
     seq, batch = (1024, 4) if device.type == "cuda" else (64, 2)
-    q = torch.randn(seq, batch, 16, 128, device=device, dtype=dtype, requires_grad=True)
-    k = torch.randn(seq, batch, 4, 128, device=device, dtype=dtype, requires_grad=True)
-    v = torch.randn(seq, batch, 4, 128, device=device, dtype=dtype, requires_grad=True)
-    grad = torch.randn(seq, batch, 16 * 128, device=device, dtype=dtype)
-    results = {}
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device, dtype)
+
+    q = rand(seq, batch, 16, 128).requires_grad_()
+    k = rand(seq, batch, 4, 128).requires_grad_()
+    v = rand(seq, batch, 4, 128).requires_grad_()
+    grad = rand(seq, batch, 16 * 128)
+    results: dict[str, Any] = {"seq": seq, "batch": batch, "dtype": str(dtype)}
     outputs = {}
     kinds = [("sdpa", SDPAttention)] + ([("flash", FlashAttention)] if flash else [])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for name, cls in kinds:
         module = cls(config, 1, AttnMaskType.causal, "self")
         out = module(q, k, v, None)
@@ -70,14 +148,94 @@ def attention_parity(device: torch.device, dtype: torch.dtype, flash: bool) -> d
         def step(module=module):
             module(q, k, v, None).backward(grad)
 
-        results[f"{name}_fwd_bwd_ms"] = 1000 * _time(step, 10, sync)
+        results[f"{name}_fwd_bwd_ms"] = 1000 * median_time(step, repeats, warmup=2, sync=_sync)
     if flash:
         results["max_abs_diff_out"] = (outputs["flash"][0] - outputs["sdpa"][0]).abs().max().item()
         results["max_abs_diff_dq"] = (outputs["flash"][1] - outputs["sdpa"][1]).abs().max().item()
+        results["flash_speedup"] = results["sdpa_fwd_bwd_ms"] / results["flash_fwd_bwd_ms"]
+    else:
+        results["note"] = "flash-attn not importable: SDPA timed alone"
     return results
 
 
-def nccl_check() -> dict:
+def model_parity(overrides: list[str], backends: tuple[str, str], repeats: int
+                 ) -> dict[str, Any]:
+    """The whole model twice from one seed, two attention backends: logits and speed."""
+    import torch.nn.functional as F
+
+    from nextlat_pt.config import load_config
+    from nextlat_pt.model.gpt import NextLatGPT
+    from nextlat_pt.parallel import distributed
+    from nextlat_pt.train.build import model_spec
+
+    device = distributed.device()
+    out: dict[str, Any] = {"backends": list(backends)}
+    logits = {}
+    tokens = None
+    for backend in backends:
+        cfg = load_config(None, [*overrides, f"model.attention_backend={backend}",
+                                 "nextlat.objective=ntp"])
+        spec = model_spec(cfg, cfg.model.vocab_size)
+        model = NextLatGPT(spec).to(device)
+        if tokens is None:
+            gen = torch.Generator().manual_seed(0)
+            tokens = torch.randint(0, spec.vocab_size, (cfg.train.micro_batch_size,
+                                                        cfg.model.seq_len + 1),
+                                   generator=gen).to(device)
+        with torch.no_grad():
+            logits[backend] = model(tokens[:, :-1]).logits.float()
+        labels = tokens[:, 1:].t()
+
+        def step(model=model, labels=labels, inputs=tokens[:, :-1]):
+            lg = model(inputs).logits
+            F.cross_entropy(lg.float().flatten(0, 1), labels.flatten()).backward()
+            model.zero_grad(set_to_none=True)
+
+        out[f"{backend}_fwd_bwd_ms"] = 1000 * median_time(step, repeats, warmup=2, sync=_sync)
+        out["dtype"] = str(spec.params_dtype)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    a, b = (logits[name] for name in backends)
+    diff = (a - b).abs()
+    out["max_abs_diff_logits"] = diff.max().item()
+    out["max_rel_diff_logits"] = (diff.max() / b.abs().max()).item()
+    out["mean_abs_diff_logits"] = diff.mean().item()
+    out["argmax_agreement"] = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    out[f"{backends[0]}_speedup_over_{backends[1]}"] = (out[f"{backends[1]}_fwd_bwd_ms"]
+                                                        / out[f"{backends[0]}_fwd_bwd_ms"])
+    return out
+
+
+def training(overrides: list[str], repeats: int, warmup: int, peak: float | None
+             ) -> dict[str, Any]:
+    """NTP, NextLat d=1, d=2 through the trainer's step: tokens/s, TFLOP/s, MFU, ratios."""
+    from nextlat_overhead import json_ready
+    from nextlat_overhead import measure as measure_steps
+
+    result = json_ready(measure_steps(overrides, horizons=(0, 1, 2), repeats=repeats,
+                                      warmup=warmup))
+    ntp_flops = result["rows"][0]["flops_per_token"]
+    for row in result["rows"]:
+        tps = row["tokens_per_s"]
+        row["tflops_per_s"] = row["flops_per_token"] * tps / 1e12
+        row["mfu"] = row["flops_per_token"] * tps / (peak * 1e12) if peak else None
+        row["mfu_trunk"] = ntp_flops * tps / (peak * 1e12) if peak else None
+    result["peak_tflops"] = peak
+    if torch.cuda.is_available():
+        result["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 1024 ** 3
+    return result
+
+
+def memory(overrides: list[str]) -> dict[str, Any]:
+    """Peak memory of NTP and NextLat d=1 over the estimate, each in a fresh process."""
+    import memory_peak
+
+    return memory_peak.measure(overrides, horizons=(0, 1), steps=2)
+
+
+def nccl_check() -> dict[str, Any]:
+    """One all-reduce in the world of one (NCCL on CUDA)."""
     import torch.distributed as dist
 
     if not torch.cuda.is_available():
@@ -88,100 +246,114 @@ def nccl_check() -> dict:
             "backend": dist.get_backend()}
 
 
-def training_steps(layers: int, steps: int, peak_tflops: float, cpu_smoke: bool) -> dict:
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from nextlat_pt.config import load_config
-    from nextlat_pt.flops import flops_per_token
-    from nextlat_pt.parallel import distributed
-    from nextlat_pt.train.build import build_training
-    from nextlat_pt.train.step import MicroBatch, make_forward_step
-
-    if cpu_smoke:
-        shape = ["model.num_layers=2", "model.hidden_size=128", "model.num_heads=4",
-                 "model.seq_len=64", "train.micro_batch_size=2", "train.global_batch_size=2"]
-        vocab = 512
-    else:
-        shape = [f"model.num_layers={layers}", "model.hidden_size=2048", "model.num_heads=16",
-                 "model.seq_len=1024", "train.micro_batch_size=8",
-                 "train.global_batch_size=8", "nextlat.psi_width=6528",
-                 "precision.dtype=bf16"]
-        vocab = 50304
-    device = distributed.device()
-    out = {}
-    times = {}
-    for name, extra in (("ntp", ["nextlat.objective=ntp"]), ("nextlat_d1", []),
-                        ("nextlat_d2", ["nextlat.horizon=2"])):
-        cfg = load_config(None, [*shape, *extra, "logging.wandb=disabled"])
-        chunks, engine = build_training(cfg, vocab, device)
-        seq, mbs = cfg.model.seq_len, cfg.train.micro_batch_size
-        tokens = torch.randint(0, vocab, (mbs, seq + 1), device=device)
-        batch = [MicroBatch.from_sample({"tokens": tokens, "doc_ids": torch.zeros_like(tokens)},
-                                        device)]
-        schedule = get_forward_backward_func()
-        step_fn = make_forward_step(engine)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-        def step(batch=batch, schedule=schedule, step_fn=step_fn, engine=engine,
-                 chunks=chunks, seq=seq, mbs=mbs):
-            schedule(forward_step_func=step_fn, data_iterator=iter(batch), model=chunks,
-                     num_microbatches=1, seq_length=seq, micro_batch_size=mbs,
-                     forward_only=False)
-            engine.step()
-
-        seconds = _time(step, steps, sync)
-        spec = chunks[0].model.spec
-        flops = flops_per_token(spec, seq, cfg.nextlat.horizon, nextlat=name != "ntp").total
-        tps = mbs * seq / seconds
-        times[name] = seconds
-        out[name] = {"step_s": seconds, "tokens_per_s": tps,
-                     "tflops": flops * tps / 1e12,
-                     "mfu": flops * tps / (peak_tflops * 1e12) if not cpu_smoke else None,
-                     "flops_per_token": flops,
-                     "attention": chunks[0].model.attention_backend}
-        del chunks, engine
-        if device.type == "cuda":
-            out[name]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 1024 ** 3
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    for name in ("nextlat_d1", "nextlat_d2"):
-        out[name]["step_ratio_vs_ntp"] = times[name] / times["ntp"]
-        out[name]["flop_ratio_vs_ntp"] = (out[name]["flops_per_token"]
-                                          / out["ntp"]["flops_per_token"])
-    return out
+def run_section(report: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]],
+                path: Path) -> None:
+    """Run one section fail-soft, record its result or error, rewrite the JSON."""
+    print(f"[{name}] running ...", flush=True)
+    start = time.perf_counter()
+    try:
+        report[name] = fn()
+    except Exception as err:  # noqa: BLE001 - a failed section must not stop the others
+        traceback.print_exc()
+        report[name] = {"error": f"{type(err).__name__}: {err}"}
+    report.setdefault("section_seconds", {})[name] = time.perf_counter() - start
+    print(f"[{name}] {'FAILED' if 'error' in report[name] else 'done'} in "
+          f"{report['section_seconds'][name]:.0f} s: "
+          f"{json.dumps(report[name], default=str)[:600]}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
-def main() -> int:
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The headline figures, one per line."""
+    lines = []
+    train = report.get("training", {})
+    for row in train.get("rows", []):
+        mfu = f"{row['mfu']:.3f}" if row.get("mfu") is not None else "n/a"
+        lines.append(f"{row['variant']:<12} {row['median_s'] * 1e3:8.1f} ms/step "
+                     f"{row['tokens_per_s']:>10,.0f} tokens/s {row['tflops_per_s']:7.1f} "
+                     f"TFLOP/s  MFU {mfu}  /NTP paired {row['ratio_paired']:.3f} "
+                     f"(FLOPs {row['ratio_flops']:.3f})")
+    att = report.get("attention", {})
+    if "max_abs_diff_out" in att:
+        lines.append(f"attention flash vs sdpa: max|Δout| {att['max_abs_diff_out']:.2e}, "
+                     f"max|Δdq| {att['max_abs_diff_dq']:.2e}, flash {att['flash_speedup']:.2f}×")
+    par = report.get("model_parity", {})
+    if "max_abs_diff_logits" in par:
+        lines.append(f"model {'/'.join(par['backends'])}: max|Δlogits| "
+                     f"{par['max_abs_diff_logits']:.3e} (rel {par['max_rel_diff_logits']:.2e}),"
+                     f" argmax agreement {par['argmax_agreement']:.4f}")
+    for row in report.get("memory", {}).get("rows", []):
+        lines.append(f"memory {row['variant']}: {row['peak_bytes'] / 1024 ** 3:.2f} GiB "
+                     f"measured / {row['estimate_bytes'] / 1024 ** 3:.2f} GiB estimated = "
+                     f"{row['ratio']:.2f}")
+    for name in SECTIONS:
+        if "error" in report.get(name, {}):
+            lines.append(f"{name}: FAILED: {report[name]['error']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=989.0)
-    parser.add_argument("--cpu-smoke", action="store_true")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--layers", type=int, default=4,
+                        help="depth of the 1.3B shape (default 4; 22 = the full model)")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 peak (default: from PEAK_BF16_TFLOPS)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    parser.add_argument("--dry-run", "--cpu-smoke", dest="dry_run", action="store_true",
+                        help="CPU, tiny sizes: exercise every code path in seconds")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)}; choose from "
+                     f"{', '.join(SECTIONS)}")
+    if args.layers < 1 or args.micro_batch < 1 or args.repeats < 1:
+        parser.error("--layers, --micro-batch and --repeats must be >= 1")
 
     from nextlat_pt.model.attention import flash_attn_importable
     from nextlat_pt.parallel import distributed
 
-    distributed.initialize(1, 1, seed=1234)
     cuda = torch.cuda.is_available()
-    if not cuda and not args.cpu_smoke:
-        print("no CUDA device: run with --cpu-smoke to exercise the code on CPU", file=sys.stderr)
+    if not cuda and not args.dry_run:
+        print("check_gpu: no CUDA device; run with --dry-run to exercise the code on CPU",
+              file=sys.stderr)
         return 2
+    distributed.initialize(1, 1, seed=1234)
     device = distributed.device()
-    report = {"device": torch.cuda.get_device_name() if cuda else "cpu",
-              "torch": torch.__version__, "flash_attn": flash_attn_importable()}
-    report["attention"] = attention_parity(device, torch.bfloat16 if cuda else torch.float32,
-                                           flash=cuda and report["flash_attn"])
-    report["nccl"] = nccl_check()
-    report["training"] = training_steps(args.layers, args.steps, args.peak_tflops,
-                                        args.cpu_smoke)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    flash = cuda and flash_attn_importable()
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = peak_tflops(name, args.peak_tflops) if cuda else None
+    overrides = model_overrides(args, flash)
+    report: dict[str, Any] = {
+        "device": name, "machine": machine_info(), "flash_attn": flash,
+        "peak_bf16_tflops": peak, "layers": args.layers, "dry_run": args.dry_run,
+        "overrides": overrides, "command": " ".join([sys.executable, *sys.argv]),
+    }
+    if cuda and peak is None:
+        report["mfu_note"] = (f"no peak known for {name!r}: pass --peak-tflops for MFU")
+    # Parity pairs: flash vs sdpa where flash runs; on CPU sdpa vs megatron's local attention
+    # (the same code path, another kernel pair).
+    pair = ("flash", "sdpa") if flash else ("sdpa", "local")
+    runs = {
+        "attention": lambda: attention_parity(device, torch.bfloat16 if cuda else torch.float32,
+                                              flash, args.repeats),
+        "model_parity": lambda: model_parity(overrides, pair, args.repeats),
+        "training": lambda: training(overrides, args.repeats, args.warmup, peak),
+        "memory": lambda: memory(overrides),
+        "nccl": nccl_check,
+    }
+    for section in sections:
+        run_section(report, section, runs[section], args.json)
+    print("\n" + "\n".join(summary_lines(report)))
+    print(f"wrote {args.json}")
     distributed.destroy()
-    return 0
+    return 1 if any("error" in report.get(s, {}) for s in sections) else 0
 
 
 if __name__ == "__main__":
