@@ -249,7 +249,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         for ax, key in zip(axes, ("accepted_per_cycle", "speedup")):
             ax.plot([r["k"] for r in static], [r[key] for r in static], "o-", color=color,
                     label=f"{result['mode']}: static K")
-            for style, r in zip(("--", ":", "-.", (0, (5, 1)), (0, (1, 3))), adaptive):
+            for style, r in zip(("--", ":", "-.", (0, (8, 2, 1, 2, 1, 2)), (0, (1, 4))),
+                                adaptive):
                 ax.axhline(r[key], linestyle=style, color=color, alpha=0.7,
                            label=f"{result['mode']}: {r['config']}")
     axes[0].set(xlabel="draft length K", ylabel="accepted tokens / cycle",

@@ -128,6 +128,17 @@ def _tensor_groups(reader: MegatronCheckpointReader, shape: LlamaShape,
     return groups
 
 
+def hf_state_dict(reader: MegatronCheckpointReader, shape: LlamaShape,
+                  dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The whole model as Hugging Face Llama tensors in memory (what the export would write),
+    for in-process users such as `nextlat-pt generate`; refuses non-Llama checkpoints."""
+    _check_architecture(reader, shape)
+    tensors: dict[str, torch.Tensor] = {}
+    for group in _tensor_groups(reader, shape, dtype):
+        tensors.update({name: t.to(dtype) for name, t in group.produce().items()})
+    return tensors
+
+
 def resolve_tokenizer(ckpt: NextLatCheckpoint, override: str | Path | None) -> Tokenizer:
     """The checkpoint's sentencepiece model (or `override`), checked by fingerprint."""
     recorded = ckpt.state["tokenizer"]
