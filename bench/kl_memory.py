@@ -17,8 +17,9 @@ hidden states, logits, tokens and a real ψ (`LatentDynamics`), for each horizon
 
 Every (variant, d, c) runs in a fresh subprocess. Peak memory is the growth of the process's
 peak resident set over its resident set just before the loss runs (inputs, ψ and the logits
-already allocated), read from `ru_maxrss`; glibc's mmap threshold is pinned at 64 KiB so freed
-tensors go back to the OS and the peak follows live tensors. On CUDA it is
+already allocated), read from VmHWM; glibc's mmap threshold is pinned at 64 KiB so freed
+tensors go back to the OS and the peak follows live tensors; the kernel's peak mark (VmHWM) is
+reset just before the measured steps. On CUDA it is
 `torch.cuda.max_memory_allocated` over the same baseline. Time: median over repeats of one
 forward + backward, in the same subprocess.
 
@@ -32,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -113,6 +113,7 @@ def _run_one(args: dict[str, Any]) -> dict[str, Any]:
             base = torch.cuda.memory_allocated()
         else:
             base = _current_rss()
+            _reset_peak_rss()
         for _ in range(args["repeats"]):
             start = time.perf_counter()
             step(T)
@@ -122,7 +123,7 @@ def _run_one(args: dict[str, Any]) -> dict[str, Any]:
         if cuda:
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+            peak = _peak_rss() - base
     logits_bytes = T * B * V * 4
     return {"variant": args["variant"], "horizon": d, "chunk": args.get("chunk"),
             "peak_mib": peak / MIB, "peak_over_logits": peak / logits_bytes,
@@ -132,6 +133,21 @@ def _run_one(args: dict[str, Any]) -> dict[str, Any]:
 def _current_rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS mark (VmHWM) from the current RSS. ru_maxrss cannot be
+    used: it survives exec, so a child started by a large process reports the parent's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(seq: int = 512, batch: int = 4, width: int = 256, vocab: int = 32768,
