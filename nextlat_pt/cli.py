@@ -86,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("convert", _cmd_convert,
          "--to hf CHECKPOINT OUT | --to nextlat HF_DIR OUT [parallel.tp=..]"),
         ("eval", _cmd_eval,
-         "validation loss/perplexity of a checkpoint or HF folder; --lm-eval for the harness"),
+         "validation loss/perplexity of a checkpoint or HF folder; --diagnostics (effective "
+         "rank, probes); --lm-eval for the harness; eval compare A B"),
+        ("make-task", _cmd_make_task,
+         "generate a synthetic task and its shards: make-task manhattan --output DIR"),
+        ("generate", _cmd_generate,
+         "text from a checkpoint or export: MODEL --prompt TEXT --max-new-tokens N "
+         "[--draft-len K | --adaptive threshold|acceptance]"),
+        ("bench", _cmd_bench,
+         "every benchmark, one table of ratios (source checkout): [--quick] [--json PATH]"),
     ):
         command = sub.add_parser(name, help=text, add_help=False)
         command.add_argument("rest", nargs=argparse.REMAINDER)
@@ -111,9 +119,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.rest)
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from nextlat_pt.generate import generate_main
+
+    return generate_main(args.rest)
+
+
+def _cmd_make_task(args: argparse.Namespace) -> int:
+    from nextlat_pt.tasks.manhattan.cli import make_task_main
+
+    return make_task_main(args.rest)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from nextlat_pt.bench_command import bench_main
+
+    return bench_main(args.rest)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
 _PASSTHROUGH = {"train-tokenizer": _cmd_train_tokenizer, "prepare-data": _cmd_prepare_data,
-                "ckpt": _cmd_ckpt, "convert": _cmd_convert, "eval": _cmd_eval}
+                "ckpt": _cmd_ckpt, "convert": _cmd_convert, "eval": _cmd_eval,
+                "make-task": _cmd_make_task, "generate": _cmd_generate, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """Evaluation: validation loss / perplexity on prepared shards (our checkpoints and HF
-folders alike) and lm-eval-harness on the export with tasks that ship with the project.
+folders alike), latent diagnostics (effective rank, token-offset probes; `diagnostics/`,
+`compare.py` for two models side by side) and lm-eval-harness on the export with tasks that
+ship with the project.
 
 Entry point: `eval_main(argv)` (`nextlat-pt eval`).
 """

@@ -1,7 +1,10 @@
-"""`nextlat-pt eval`: validation loss / perplexity of a checkpoint or an HF folder, and
-lm-eval-harness on the export.
+"""`nextlat-pt eval`: validation loss / perplexity of a checkpoint or an HF folder, latent
+diagnostics, and lm-eval-harness on the export.
 
     nextlat-pt eval CHECKPOINT_OR_HF_DIR [--data SHARDS] [--max-batches 8] [--batch-size 8]
+    nextlat-pt eval CHECKPOINT_OR_HF_DIR --diagnostics [--probe-offsets 8]
+                    [--rank-sequences 256] [--rank-tokens 256]
+    nextlat-pt eval compare A B [--data SHARDS] [diagnostics options]   (eval/compare.py)
     nextlat-pt eval CHECKPOINT_OR_HF_DIR --lm-eval [--tasks nextlat_next_line,...] [--limit N]
 
 Without --data the validation split the model was trained with is used, when recorded.
@@ -46,55 +49,38 @@ def build_parser() -> ErrorParser:
     parser.add_argument("--limit", type=int, default=None, help="harness: docs per task")
     parser.add_argument("--task-dir", type=Path, default=None,
                         help="where to write the tasks' data and YAML (default: a temp dir)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also the latent diagnostics: effective rank of the final hidden "
+                             "states and linear probes for the tokens 1..K ahead")
+    add_diagnostics_args(parser)
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     return parser
 
 
-def _recorded_valid(model_dir: Path, hf: bool) -> Path | None:
-    """The validation data recorded with the model (trainer state or export info)."""
-    from nextlat_pt.convert.to_hf import EXPORT_INFO
-
-    try:
-        if hf:
-            info = json.loads((model_dir / EXPORT_INFO).read_text())
-        else:
-            from nextlat_pt.convert.source import open_checkpoint
-
-            info = open_checkpoint(model_dir, verify=False).state
-    except (OSError, json.JSONDecodeError, ConvertError):
-        return None
-    valid = (info.get("data") or {}).get("valid")
-    return Path(valid) if valid and Path(valid).exists() else None
-
-
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from nextlat_pt.eval.models import HFModel, NextLatModel, is_hf_dir
+    from nextlat_pt.eval.sources import check_model_dir, open_model, recorded_valid
 
     if args.batch_size < 1 or args.max_batches < 1:
         raise UsageError("--batch-size and --max-batches must be at least 1")
+    check_diagnostics_args(args)
     src: Path = args.model
-    if not src.is_dir():
-        raise ConvertError(f"{src} is not a directory; give a checkpoint or an HF folder")
-    hf = is_hf_dir(src)
-    if not hf:
-        from nextlat_pt.convert.source import is_nextlat_checkpoint_dir
-
-        if not is_nextlat_checkpoint_dir(src):
-            raise ConvertError(f"{src} is neither a nextlat_pt checkpoint nor a Hugging Face "
-                               f"model folder (no config.json)")
-    data = args.data or _recorded_valid(src, hf)
+    hf = check_model_dir(src)
+    data = args.data or recorded_valid(src, hf)
     out: dict[str, Any] = {}
     if data is None and not args.lm_eval:
         raise UsageError("no validation data recorded with the model; pass --data SHARDS")
+    if data is None and args.diagnostics:
+        raise UsageError("--diagnostics needs validation data: pass --data SHARDS")
     if data is not None:
-        from nextlat_pt.convert.source import open_checkpoint
         from nextlat_pt.eval.valid_loss import validation_loss
 
-        model = HFModel(src) if hf else NextLatModel(open_checkpoint(src))
+        model = open_model(src, hf)
         result = validation_loss(model, data, args.batch_size, args.max_batches,
                                  check_tokenizer=not args.no_tokenizer_check)
         print(f"{model.description}: {result.summary()}", flush=True)
         out["validation"] = result.to_dict()
+        if args.diagnostics:
+            out["diagnostics"] = _diagnostics(model, data, args)
         del model
     elif args.lm_eval:
         print("note: no validation data (pass --data SHARDS); running the harness only")
@@ -103,6 +89,50 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
+
+
+def add_diagnostics_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the latent diagnostics (shared by `eval` and `eval compare`)."""
+    from nextlat_pt.eval.diagnostics import probes, report
+
+    parser.add_argument("--rank-sequences", type=int, default=report.DEFAULT_SEQUENCES,
+                        help="validation windows for the effective rank and the probes "
+                             "(default: %(default)s, the paper's; fewer if the split is "
+                             "smaller)")
+    parser.add_argument("--rank-tokens", type=int, default=report.DEFAULT_TOKENS,
+                        help="tokens per window (default: %(default)s; at most the split's "
+                             "seq_len)")
+    parser.add_argument("--probe-offsets", type=int, default=report.DEFAULT_OFFSETS,
+                        help="linear probes for the tokens 1..K ahead (default: %(default)s; "
+                             "0: none)")
+    parser.add_argument("--probe-steps", type=int, default=probes.DEFAULT_STEPS,
+                        help="AdamW steps per probe (default: %(default)s)")
+    parser.add_argument("--probe-lr", type=float, default=probes.DEFAULT_LR,
+                        help="probe learning rate (default: %(default)s)")
+
+
+def check_diagnostics_args(args: argparse.Namespace) -> None:
+    """Refuse diagnostics options out of range, before any model is loaded."""
+    if args.rank_sequences < 2:
+        raise UsageError("--rank-sequences must be at least 2 (the probes split by sequence)")
+    if args.rank_tokens < 1 or args.probe_offsets < 0 or args.probe_steps < 1 \
+            or not args.probe_lr > 0:
+        raise UsageError("--rank-tokens and --probe-steps must be at least 1, --probe-offsets "
+                         "at least 0 and --probe-lr positive")
+
+
+def _diagnostics(model: Any, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from nextlat_pt.eval.diagnostics import load_windows, run_diagnostics
+
+    fingerprint = None if args.no_tokenizer_check else model.tokenizer_fingerprint
+    windows = load_windows(data, args.rank_sequences, args.rank_tokens, model.max_positions,
+                           fingerprint)
+    if windows.shortfall():
+        print(windows.shortfall(), flush=True)
+    result = run_diagnostics(model, windows, args.probe_offsets, probe_steps=args.probe_steps,
+                             probe_lr=args.probe_lr, batch_size=args.batch_size)
+    print(result.summary(), flush=True)
+    return result.to_dict()
 
 
 def _harness(src: Path, hf: bool, args: argparse.Namespace) -> dict[str, Any]:
@@ -131,7 +161,12 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        _run(build_parser().parse_args(argv))
+        if argv and argv[0] == "compare":  # a model folder named so: give it as ./compare
+            from nextlat_pt.eval.compare import run_compare
+
+            run_compare(argv[1:])
+        else:
+            _run(build_parser().parse_args(argv))
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     except (UsageError, ConvertError, ConfigError, CheckpointError, DataError,

@@ -1,5 +1,6 @@
 """The two kinds of model `eval` scores, behind one interface: next-token logits [B, T, V]
-over the tokenizer's real vocabulary, and the tokenizer's fingerprint.
+over the tokenizer's real vocabulary, the final post-norm hidden states [B, T, D] (the
+diagnostics' input), and the tokenizer's fingerprint.
 
 - a nextlat_pt checkpoint (any TP/PP layout): built at TP=1 in a world of one and loaded
   through the trainer's own `load_model_weights` (dist_checkpointing reshards it);
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -26,12 +28,21 @@ class ScoredModel(Protocol):
     """What the evaluator needs from a model."""
 
     description: str
+    objective: str  # "nextlat d=2", "ntp", or "unknown" (a foreign HF folder)
     vocab_size: int
     max_positions: int
     tokenizer_fingerprint: str | None
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """[B, T] ids -> [B, T, vocab_size] float32 logits."""
+
+    def logits_and_hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, T] ids -> (logits [B, T, vocab_size], final post-norm hidden [B, T, D]),
+        float32, from one forward pass."""
+
+    def hidden_states(self, input_ids: Tensor) -> Tensor:
+        """[B, T] ids -> [B, T, D] float32 final post-norm hidden states (the LM head's
+        input)."""
 
 
 class NextLatModel:
@@ -55,6 +66,8 @@ class NextLatModel:
             load_model_weights([self.model], ckpt.path)
         self.model.eval()
         self.description = f"checkpoint {ckpt.path} (step {ckpt.state.get('step')})"
+        self.config = ckpt.config
+        self.objective = objective_label(ckpt.config.to_dict())
         self.vocab_size = ckpt.vocab_size
         self.max_positions = ckpt.config.max_position_embeddings
         self.tokenizer_fingerprint = ckpt.state["tokenizer"].get("fingerprint")
@@ -63,6 +76,15 @@ class NextLatModel:
     def logits(self, input_ids: Tensor) -> Tensor:
         out = self.model(input_ids).logits  # [T, B, V_padded]
         return out.transpose(0, 1)[..., : self.vocab_size].float()
+
+    @torch.no_grad()
+    def logits_and_hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(input_ids)  # sequence-first; hidden is after the final norm
+        logits = out.logits.transpose(0, 1)[..., : self.vocab_size].float()
+        return logits, out.hidden.transpose(0, 1).float()
+
+    def hidden_states(self, input_ids: Tensor) -> Tensor:
+        return self.logits_and_hidden(input_ids)[1]
 
 
 class HFModel:
@@ -81,15 +103,48 @@ class HFModel:
         self.vocab_size = int(self.model.config.vocab_size)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0)
                                  or 1 << 30)
-        sp_model = hf_dir / MODEL_FILE_NAME
-        self.tokenizer_fingerprint = (hashlib.sha256(sp_model.read_bytes()).hexdigest()
-                                      if sp_model.is_file() else None)
+        self.tokenizer_fingerprint = hf_tokenizer_fingerprint(hf_dir)
+        self.objective = objective_label(_export_training_config(hf_dir))
 
     @torch.no_grad()
     def logits(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids).logits.float()
 
+    @torch.no_grad()
+    def logits_and_hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        # transformers' last hidden_states entry is the final norm's output (the head's input).
+        out = self.model(input_ids=input_ids, output_hidden_states=True)
+        return out.logits.float(), out.hidden_states[-1].float()
+
+    def hidden_states(self, input_ids: Tensor) -> Tensor:
+        return self.logits_and_hidden(input_ids)[1]
+
 
 def is_hf_dir(path: Path) -> bool:
     """A Hugging Face model folder (config.json, and not one of our checkpoints)."""
     return (path / "config.json").is_file() and not (path / "trainer_state.json").is_file()
+
+
+def hf_tokenizer_fingerprint(hf_dir: Path) -> str | None:
+    """sha256 of the folder's sentencepiece model (our tokenizers' fingerprint), if any."""
+    sp_model = Path(hf_dir) / MODEL_FILE_NAME
+    return hashlib.sha256(sp_model.read_bytes()).hexdigest() if sp_model.is_file() else None
+
+
+def objective_label(config: dict | None) -> str:
+    """The training objective of a config dict: "ntp", "nextlat d=H", or "unknown"."""
+    nextlat = (config or {}).get("nextlat") or {}
+    objective = nextlat.get("objective")
+    if objective == "nextlat":
+        return f"nextlat d={nextlat.get('horizon')}"
+    return str(objective) if objective else "unknown"
+
+
+def _export_training_config(hf_dir: Path) -> dict | None:
+    """The training config our exporter recorded in the folder (None for other folders)."""
+    from nextlat_pt.convert.to_hf import EXPORT_INFO
+
+    try:
+        return json.loads((Path(hf_dir) / EXPORT_INFO).read_text()).get("training_config")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None

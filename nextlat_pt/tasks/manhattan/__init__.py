@@ -1,0 +1,1 @@
+"""The Manhattan world-modelling task (random walks on a hidden city grid)."""
