@@ -10,6 +10,7 @@ from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig
 from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func
 from nextlat_pt.parallel.grads import register_sequence_parallel_grad_hooks
+from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
 from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.train_module import NextLatTrainModule
 
@@ -90,7 +91,9 @@ def build_model_chunks(spec: ModelSpec, device: torch.device) -> list[NextLatGPT
 
 
 def build_training(cfg: Config, vocab_size: int, device: torch.device):
-    """Model chunks wrapped with the loss, AdamW, and the DeepSpeed engine over them.
+    """Model chunks wrapped with the loss, AdamW, and the engine over them: DeepSpeed
+    (ZeRO), or on one fp32 data-parallel rank without PP the optimizer itself
+    (`LocalEngine`).
 
     Returns (chunks: list[NextLatTrainModule], engine).
     """
@@ -109,9 +112,11 @@ def build_training(cfg: Config, vocab_size: int, device: torch.device):
             register_sequence_parallel_grad_hooks(chunk)
     module = chunks[0] if len(chunks) == 1 else torch.nn.ModuleList(chunks)
     optimizer = build_optimizer(module, cfg.train)
+    bf16 = spec.params_dtype == torch.bfloat16
+    if wants_local_engine(ps.get_data_parallel_world_size(), cfg.parallel.pp, bf16):
+        return chunks, LocalEngine(module, optimizer, cfg.train.grad_clip)
     engine = build_engine(module, optimizer, cfg.parallel.zero_stage,
-                          cfg.train.micro_batch_size, cfg.train.grad_clip,
-                          bf16=spec.params_dtype == torch.bfloat16)
+                          cfg.train.micro_batch_size, cfg.train.grad_clip, bf16=bf16)
     if cfg.parallel.pp == 1:
         # Let megatron's schedule tell DeepSpeed which micro-batch ends the accumulation.
         chunks[0].config.no_sync_func = no_sync_func(engine)

@@ -37,6 +37,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from nextlat_pt.config import Config, save_config
+from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
+from nextlat_pt.train.build import compute_dtype
 
 MARKER = "COMPLETE"
 LATEST = "latest"
@@ -77,6 +79,10 @@ def layout_of(cfg: Config) -> dict[str, int]:
         "vpp": cfg.parallel.vpp,
         "zero_stage": cfg.parallel.zero_stage,
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        # whose optimizer state the files hold: torch's own (one fp32 DP rank) or ZeRO's
+        "optimizer": "local" if wants_local_engine(
+            ps.get_data_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+            compute_dtype(cfg) == torch.bfloat16) else "deepspeed",
     }
 
 
@@ -436,7 +442,8 @@ def _fmt_layout(layout: dict[str, int] | None) -> str:
     if not layout:
         return "unknown"
     return (f"tp={layout.get('tp')} pp={layout.get('pp')} dp={layout.get('dp')} "
-            f"vpp={layout.get('vpp')} zero={layout.get('zero_stage')}")
+            f"vpp={layout.get('vpp')} zero={layout.get('zero_stage')} "
+            f"optimizer={layout.get('optimizer', 'deepspeed')}")
 
 
 def _load_optimizer(ckpt: Path, engine: Any) -> None:
@@ -444,5 +451,8 @@ def _load_optimizer(ckpt: Path, engine: Any) -> None:
     (tp, pp) position (it may re-slice partitions across ranks)."""
     tp, pp = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     files = [ckpt / _optim_file(tp, pp, dp) for dp in range(ps.get_data_parallel_world_size())]
+    if isinstance(engine, LocalEngine):  # one DP rank: torch's own optimizer state
+        engine.optimizer.load_state_dict(_safe_load(files[0]))
+        return
     engine.optimizer.load_state_dict([_safe_load(f) for f in files],
                                      load_optimizer_states=True)

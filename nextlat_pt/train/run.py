@@ -29,6 +29,7 @@ from nextlat_pt.memory import estimate_memory
 from nextlat_pt.model.gpt import count_parameters
 from nextlat_pt.parallel import distributed
 from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
+from nextlat_pt.parallel.local_engine import LocalEngine
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
 from nextlat_pt.train.checkpoint import AsyncSaves, save_checkpoint, step_dir_name
@@ -217,7 +218,8 @@ def run_training(cfg: Config) -> dict[str, Any]:
         "layout": (f"world {layout.world_size}: tp {layout.tp} × pp {layout.pp} × "
                    f"dp {layout.dp}" + (f", vpp {cfg.parallel.vpp}" if cfg.parallel.vpp else "")
                    + (", sequence parallel" if cfg.parallel.sp else "")
-                   + f", ZeRO-{cfg.parallel.zero_stage}"),
+                   + (", AdamW on this rank (one fp32 DP rank: no ZeRO to shard)"
+                      if isinstance(engine, LocalEngine) else f", ZeRO-{cfg.parallel.zero_stage}")),
         "attention": models[0].attention_backend,
         "precision": "bf16 (fp32 master weights)"
                      if models[0].spec.params_dtype == torch.bfloat16 else "fp32",
