@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nextlat_pt.convert.errors import ConvertError
 
@@ -95,18 +97,28 @@ def _run(args: argparse.Namespace) -> None:
           f"checkpoint.load={result.out_dir}")
 
 
-def convert_main(argv: list[str] | None = None) -> int:
-    """`nextlat-pt convert ...`; returns the exit code (2 on bad input)."""
+def run_subcommand(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Any],
+                   argv: list[str] | None, errors: tuple[type[BaseException], ...] = ()
+                   ) -> int:
+    """Parse `argv`, run, and turn the project's input errors into one line and exit 2.
+
+    Shared by `convert`, `eval` and `generate`; `errors` adds a command's own error types.
+    """
     from nextlat_pt.config import ConfigError
     from nextlat_pt.train.checkpoint import CheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
-        _run(args)
+        run(parser.parse_args(argv))
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    except (UsageError, ConvertError, ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (UsageError, ConvertError, ConfigError, CheckpointError, FileNotFoundError,
+            *errors) as err:
         print(f"nextlat-pt: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    """`nextlat-pt convert ...`; returns the exit code (2 on bad input)."""
+    return run_subcommand(build_parser(), _run, argv)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nextlat_pt.convert.cli import ErrorParser, UsageError
-from nextlat_pt.convert.errors import ConvertError
+from nextlat_pt.convert.cli import ErrorParser, UsageError, run_subcommand
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -237,16 +236,4 @@ def _print_sample(args: argparse.Namespace, prompt: str, new: list[int], tokeniz
 
 def generate_main(argv: list[str] | None = None) -> int:
     """`nextlat-pt generate ...`; returns the exit code (2 on bad input)."""
-    from nextlat_pt.config import ConfigError
-    from nextlat_pt.train.checkpoint import CheckpointError
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = build_parser().parse_args(argv)
-        _run(args)
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except (UsageError, ConvertError, ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_subcommand(build_parser(), _run, argv)

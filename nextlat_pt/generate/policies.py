@@ -48,13 +48,11 @@ def _check_len(name: str, value: int) -> None:
         raise ValueError(f"{name}={value} must be >= 1")
 
 
-class StaticDraft:
-    """K drafts every cycle."""
+class _CappedDraft:
+    """Every row may draft up to `max_len` tokens each cycle; subclasses decide when to stop."""
 
-    def __init__(self, k: int) -> None:
-        """`k`: the draft length."""
-        _check_len("draft length", k)
-        self.max_len = k
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
         self._lengths = torch.empty(0, dtype=torch.long)
 
     def start(self, batch: int, device: torch.device) -> None:
@@ -69,11 +67,20 @@ class StaticDraft:
     def update(self, drafted: Tensor, accepted: Tensor) -> None:
         pass
 
+
+class StaticDraft(_CappedDraft):
+    """K drafts every cycle."""
+
+    def __init__(self, k: int) -> None:
+        """`k`: the draft length."""
+        _check_len("draft length", k)
+        super().__init__(k)
+
     def describe(self) -> str:
         return f"static K={self.max_len}"
 
 
-class ConfidenceDraft:
+class ConfidenceDraft(_CappedDraft):
     """Draft while the draft distribution's top probability is at least `threshold`."""
 
     def __init__(self, threshold: float, k_max: int = 8) -> None:
@@ -81,21 +88,11 @@ class ConfidenceDraft:
         if not 0 < threshold <= 1:
             raise ValueError(f"confidence threshold={threshold} must be in (0, 1]")
         _check_len("max draft length", k_max)
+        super().__init__(k_max)
         self.threshold = threshold
-        self.max_len = k_max
-        self._lengths = torch.empty(0, dtype=torch.long)
-
-    def start(self, batch: int, device: torch.device) -> None:
-        self._lengths = torch.full((batch,), self.max_len, dtype=torch.long, device=device)
-
-    def lengths(self) -> Tensor:
-        return self._lengths
 
     def keep_drafting(self, confidence: Tensor) -> Tensor:
         return confidence >= self.threshold
-
-    def update(self, drafted: Tensor, accepted: Tensor) -> None:
-        pass
 
     def describe(self) -> str:
         return f"adaptive threshold {self.threshold:g} (K≤{self.max_len})"
