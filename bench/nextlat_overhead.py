@@ -8,19 +8,20 @@ bench/reference_step.py call it, the latter with extra steps timed in the same r
 
 What is measured
 ----------------
-One process, one model config (the tiny job by default: 4 layers, D=256, T=256, micro batch 8,
-vocab 4096), and the framework's real training step for each variant: NTP, NextLat d=1,
+One process, one model config (the tiny job by default: 4 layers, D=256, T=256, micro batch
+8, vocab 4096), and the framework's real training step for each variant: NTP, NextLat d=1,
 NextLat d=2 (and d=4 with `--d4`). Each variant is built from a `Config` (the defaults plus
 the command line's overrides plus its objective) exactly as the trainer builds it
 (`nextlat_pt.train.build.build_training`: the model (weights drawn from `run.seed`, so the
-same initial trunk for every variant), the model + objective module, AdamW, the DeepSpeed
-engine), and every variant trains on the same random batch of token ids (one document, no
-prompt mask). A timed step is `Trainer.train_step` for PP = 1 minus data loading and
-logging: set the LR, megatron's `get_forward_backward_func()` over the micro-batches with
-`make_forward_step(engine)` (model forward, NTP or NextLat loss, backward), `engine.step()`
-(clipping + AdamW). `--plain` replaces the engine by the bare pieces: `NextLatGPT`,
-`NextLatTrainModule`, `build_optimizer`, `make_forward_step(module)`, `clip_grad_norm`,
-`optimizer.step()`. On CUDA the device is synchronised before the clock is read.
+same initial trunk for every variant), the model + objective module, AdamW, the engine: the
+local engine for one fp32 data-parallel rank, DeepSpeed's otherwise), and every variant
+trains on the same random batch of token ids (one document, no prompt mask). A timed step is
+`Trainer.train_step` for PP = 1 minus data loading and logging: set the LR, megatron's
+`get_forward_backward_func()` over the micro-batches with `make_forward_step(engine)` (model
+forward, NTP or NextLat loss, backward), `engine.step()` (clipping + AdamW). `--plain`
+replaces the engine by the bare pieces: `NextLatGPT`, `NextLatTrainModule`,
+`build_optimizer`, `make_forward_step(module)`, `clip_grad_norm`, `optimizer.step()`. On
+CUDA the device is synchronised before the clock is read.
 
 Fairness on a noisy, shared machine: each variant is first warmed up (allocator, thread pool,
 kernel choice), then the variants are interleaved round-robin: every repeat runs one step of
@@ -71,6 +72,7 @@ from nextlat_pt.model.gpt import NextLatGPT, padded_vocab_size
 from nextlat_pt.parallel import distributed
 from nextlat_pt.parallel.deepspeed_engine import set_lr as set_engine_lr
 from nextlat_pt.parallel.grads import clip_grad_norm
+from nextlat_pt.parallel.local_engine import LocalEngine
 from nextlat_pt.train.build import build_training, loss_config, model_spec
 from nextlat_pt.train.optim import build_optimizer, lr_at
 from nextlat_pt.train.step import MicroBatch, make_forward_step
@@ -86,7 +88,7 @@ class Variant:
     cfg: Config
     model: NextLatGPT
     module: NextLatTrainModule  # model + objective: what megatron's schedule drives
-    engine: Any  # the DeepSpeed engine (the trainer's path), or None (--plain)
+    engine: Any  # the trainer's engine (local or DeepSpeed), or None (--plain)
     optimizer: torch.optim.Optimizer
     forward_step: Any
     flops_per_token: float
@@ -162,6 +164,13 @@ def build_variant(name: str, horizon: int, overrides: list[str], device: torch.d
     return Variant(name=name, horizon=horizon, cfg=cfg, model=model, module=module,
                    engine=engine, optimizer=optimizer, forward_step=forward_step,
                    flops_per_token=flops.total)
+
+
+def engine_name(engine: Any, cfg: Config) -> str:
+    """What `build_training` chose: the local engine (one fp32 DP rank) or DeepSpeed's."""
+    if isinstance(engine, LocalEngine):
+        return "local engine (one fp32 DP rank, torch AdamW)"
+    return f"DeepSpeed engine (ZeRO-{cfg.parallel.zero_stage})"
 
 
 def random_batch(cfg: Config, seed: int, device: torch.device) -> list[MicroBatch]:
@@ -324,8 +333,7 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2
         },
         "device": str(device),
         "step_path": ("torch AdamW + clip_grad_norm (--plain)" if plain
-                      else f"DeepSpeed engine (ZeRO-{cfg.parallel.zero_stage}), as "
-                           "Trainer.train_step"),
+                      else f"{engine_name(variants[0].engine, cfg)}, as Trainer.train_step"),
         "micro_batches": len(batches),
         "tokens_per_step": tokens_per_step,
         "warmup": warmup,

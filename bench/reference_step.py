@@ -7,7 +7,8 @@ What is compared
 ----------------
 Ours: the framework's real step for the objective NTP (and, with `--d1`, NextLat d=1), built
 and timed exactly as `bench/nextlat_overhead.py` does (`build_training`: megatron-core model,
-DeepSpeed engine with ZeRO-1 AdamW and clipping, megatron's forward-backward schedule).
+the trainer's engine (in one process: the local engine, torch AdamW with DeepSpeed's clipping
+arithmetic), megatron's forward-backward schedule).
 
 Reference: `transformers.LlamaForCausalLM` of the identical architecture (layers, width,
 heads, GQA groups, SwiGLU width, untied/tied, RoPE base, RMSNorm eps,

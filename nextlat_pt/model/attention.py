@@ -128,6 +128,11 @@ class FlashOrSDPAttention(MegatronModule):
               causal: bool, dropout_p: float) -> Tensor:
         # SDPA wants [b, heads, s, dim]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        if q.device.type == "cpu":
+            # The CPU flash kernel walks the sequence with the stride of the sbhd layout
+            # (b·heads·dim apart): copying to bhsd first is ~15% faster fwd+bwd (measured on
+            # the tiny config). CUDA kernels take the strided views as they are.
+            q, k, v = (t.contiguous() for t in (q, k, v))
         attn_mask = None
         if attention_mask is not None:
             attn_mask = ~attention_mask  # megatron: True = masked out; SDPA: True = attend

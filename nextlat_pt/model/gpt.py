@@ -22,6 +22,7 @@ from torch import Tensor
 
 from nextlat_pt.model.attention import resolve_backend
 from nextlat_pt.model.init import init_weights
+from nextlat_pt.model.kernels import install_rope_kernel
 from nextlat_pt.model.layer_spec import block_spec
 from nextlat_pt.model.psi import LatentDynamics
 
@@ -67,7 +68,13 @@ def _skip_init(tensor: Tensor) -> Tensor:
 
 
 def transformer_config(spec: ModelSpec) -> TransformerConfig:
-    """megatron's TransformerConfig for a Llama-style block: RMSNorm, SwiGLU, no biases."""
+    """megatron's TransformerConfig for a Llama-style block: RMSNorm, SwiGLU, no biases.
+
+    RoPE goes through megatron's fused-RoPE slot: TransformerEngine's kernel when TE is
+    installed, else ours (`kernels.py`). Outside TE's layer spec the MLP's activation slot
+    holds our SwiGLU.
+    """
+    install_rope_kernel()
     return TransformerConfig(
         num_layers=spec.num_layers,
         hidden_size=spec.hidden_size,
@@ -103,7 +110,9 @@ def transformer_config(spec: ModelSpec) -> TransformerConfig:
         masked_softmax_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=True,
+        # The MLP then calls its activation slot (layer_spec's SwiGLU) on the fc1 output.
+        use_te_activation_func=spec.attention_backend != "te",
         persist_layer_norm=False,
     )
 

@@ -3,6 +3,7 @@
 Backends (`model.attention_backend`):
 - auto/sdpa/flash: megatron's local layer with `FlashOrSDPAttention` in the core_attention slot.
 - local: megatron's own DotProductAttention (the reference the parity test compares against).
+Both local-layer variants take our SwiGLU in the MLP's activation slot (`kernels.py`).
 - te: TransformerEngine's full layer spec; only when TE is installed.
 """
 
@@ -20,6 +21,7 @@ from megatron.core.transformer.transformer_block import (
 )
 
 from nextlat_pt.model.attention import FlashAttention, SDPAttention
+from nextlat_pt.model.kernels import SwiGLU
 from nextlat_pt.model.rmsnorm import RMSNorm
 
 
@@ -32,8 +34,11 @@ def _local_layer_spec(attention: str) -> ModuleSpec:
         attn = dataclasses.replace(
             attn, submodules=dataclasses.replace(attn.submodules, core_attention=core)
         )
+    mlp = dataclasses.replace(
+        sub.mlp, submodules=dataclasses.replace(sub.mlp.submodules, activation_func=SwiGLU)
+    )
     sub = dataclasses.replace(
-        sub, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm, self_attention=attn
+        sub, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm, self_attention=attn, mlp=mlp
     )
     return dataclasses.replace(spec, submodules=sub)
 
