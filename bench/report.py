@@ -235,9 +235,23 @@ def kl_memory_rows(results: dict[str, Any]) -> list[Row]:
     return out
 
 
+def psi_rollout_rows(results: dict[str, Any]) -> list[Row]:
+    """bench/psi_rollout.py: ψ's fused rollout over the concatenating one, per d."""
+    why = _failed(results, "psi_rollout")
+    if why:
+        return [_missing("psi_rollout", "ψ rollout time: fused / concatenating", why)]
+    r = results["psi_rollout"]
+    return [Row("psi_rollout", f"ψ rollout fwd+bwd, fused / concatenating (d={row['horizon']})",
+                row["ratio_paired"], "< 1 for d > 1",
+                f"{row['fused_median_s'] * 1e3:.1f} vs {row['concatenating_median_s'] * 1e3:.1f}"
+                f" ms CPU; D={r['hidden']}, H={r['psi_width']}, T={r['seq']}, B={r['batch']}; "
+                f"max |Δ| {row['max_abs_diff']:.1e}")
+            for row in r.get("rows", [])]
+
+
 ROW_BUILDERS = {"steps": step_rows, "matmul": matmul_rows, "memory": memory_rows,
                 "data": data_rows, "checkpoint": checkpoint_rows, "export": export_rows,
-                "kl_memory": kl_memory_rows}
+                "kl_memory": kl_memory_rows, "psi_rollout": psi_rollout_rows}
 
 
 def build_rows(results: dict[str, Any], sections: list[str]) -> list[Row]:

@@ -23,7 +23,9 @@ Sections (each fails soft: its rows then say why, the others still run):
 - export: HF export throughput over raw write, seconds per billion parameters
   (bench/export_throughput.py);
 - kl_memory (OPTIONAL_BENCHES: run when bench/kl_memory.py is present): the NextLat loss's
-  peak memory, token-chunked KL over materialised logits.
+  peak memory, token-chunked KL over materialised logits;
+- psi_rollout (OPTIONAL_BENCHES, bench/psi_rollout.py): ψ's rollout forward + backward with
+  the fused first layer over the concatenating one, d = 1, 2, 4 (process CPU time).
 
 The positional `section.key=value` overrides change the model of the steps, matmul and
 memory sections (default: the tiny config, 4 layers, D=256, T=256, micro batch 8, vocab 4096).
@@ -75,6 +77,9 @@ OPTIONAL_BENCHES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
                   dict(seq=256, batch=2, width=128, vocab=16384, horizons=(1,), chunks=(256,),
                        repeats=1),
                   dict(horizons=(1, 4), chunks=(1024,), repeats=3)),
+    "psi_rollout": ("psi_rollout",
+                    dict(seq=128, batch=4, hidden=128, horizons=(1, 4), repeats=5),
+                    dict(horizons=(1, 2, 4), repeats=15)),
 }
 
 

@@ -28,12 +28,15 @@ attention = 6 · L · D · (T + 1)
     `attention_flops_per_token(..., causal=False)` for that.) GQA does not change it: every
     query head still attends. Softmax, masking and RoPE are neglected (elementwise).
 
-psi = 6 · P_ψ · Σ_{i=1..d} (T − i)/T,    P_ψ = 2D·H + H·H + H·D
+psi = 6 · (P_ψ − D·H) · Σ_{i=1..d} (T − i)/T + 6 · D·H · (T − 1)/T,
+      P_ψ = 2D·H + H·H + H·D
     ψ's three bias-free matmuls (2D → H → H → D) at every rollout step, forward + backward
     with both weight and input gradients (the input gradient flows back through the
     recursion into h and E(x)): 6·P_ψ per position. Rollout step i covers T − i of the T
     positions (positions t ≤ T−1−i have a target h_{t+i}), so per token of the sequence it is
-    weighted by (T − i)/T exactly, not by 1.
+    weighted by (T − i)/T exactly, not by 1. The E(x) half of the first layer (D·H) does not
+    depend on the rollout state: ψ computes it once, for the T − 1 tokens that are some
+    position's next token (`model/psi.py`), whatever d.
 
 kl_head = 4 · D · V · Σ_{i=1..d} (T − i)/T      (0 when the KL term is off, λ_KL = 0)
     The student logits ĥ·Wᵀ through the frozen LM head at each rollout step: forward 2·D·V,
@@ -204,7 +207,9 @@ def flops_per_token(spec: ModelSpec, seq_len: int, horizon: int, nextlat: bool,
     if horizon < 1:
         raise ValueError(f"NextLat needs horizon >= 1 (got {horizon})")
     coverage = rollout_coverage(seq_len, horizon)
-    psi = 6.0 * psi_matmul_parameters(spec) * coverage
+    embedding_half = spec.hidden_size * spec.psi_width  # W1_e, applied once per sequence
+    psi = (6.0 * (psi_matmul_parameters(spec) - embedding_half) * coverage
+           + 6.0 * embedding_half * (seq_len - 1) / seq_len)
     kl = 4.0 * spec.hidden_size * padded_vocab(spec) * coverage if with_kl else 0.0
     return FlopsBreakdown(trunk_matmul=trunk, attention=attention, psi=psi, kl_head=kl)
 

@@ -35,6 +35,7 @@ from nextlat_pt.model.frozen_head_kl import (
     frozen_head_kl,
     teacher_log_normalizer,
 )
+from nextlat_pt.model.psi import rollout_step
 from nextlat_pt.model.vocab_parallel import vocab_parallel_ce
 
 
@@ -131,6 +132,7 @@ def nextlat_loss(
     teacher_lse = teacher_log_normalizer(logits, cfg.kl_temperature, cfg.kl_chunk_tokens)
 
     next_embeddings = input_embeddings.detach() if cfg.detach_next_embedding else input_embeddings
+    psi_step = rollout_step(psi, next_embeddings)  # ψ(ĥ, E(x_{t+i})); E(x) projected once
     target = hidden.detach()  # sg[h]: regression targets
 
     latent_loss = hidden.new_zeros(())
@@ -138,7 +140,7 @@ def nextlat_loss(
     predicted = hidden  # ĥ_t := h_t; gradients reach the trunk through ψ's input
     for i in range(1, d + 1):
         # ĥ_{t+i} for t = 0 .. T-1-i, fed the true token x_{t+i} (teacher forcing)
-        predicted = psi(predicted[:-1], next_embeddings[i:])
+        predicted = psi_step(predicted[:-1], i)
         in_document = same_document(doc_ids, i, hidden).float()
 
         latent_mask = in_document

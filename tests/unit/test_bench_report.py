@@ -103,6 +103,9 @@ def _results() -> dict:
              "median_s": 1.0},
             {"variant": "chunked", "horizon": 1, "chunk": 256, "peak_mib": 50.0,
              "median_s": 0.5}]},
+        "psi_rollout": {"hidden": 256, "psi_width": 512, "seq": 256, "batch": 8, "rows": [
+            {"horizon": 4, "fused_median_s": 0.26, "concatenating_median_s": 0.3,
+             "ratio": 0.867, "ratio_paired": 0.87, "max_abs_diff": 1e-6}]},
     }
 
 
@@ -127,6 +130,8 @@ def test_rows_carry_the_ratios_of_every_section():
         "HF export throughput / raw disk write"].details
     kl = by_name["NextLat loss peak memory: chunked 256 / materialised (d=1)"]
     assert kl.ratio == 0.25
+    psi = by_name["ψ rollout fwd+bwd, fused / concatenating (d=4)"]
+    assert psi.ratio == 0.87 and "260.0 vs 300.0 ms CPU" in psi.details
 
 
 def test_failed_and_unselected_sections_give_rows_that_say_why():
@@ -166,6 +171,7 @@ def test_run_all_command_line(tmp_path, capsys):
     assert err.value.code == 2
     assert "unknown section(s) stepz" in capsys.readouterr().err
     assert "kl_memory" in run_all.optional_sections() or not (BENCH / "kl_memory.py").exists()
+    assert "psi_rollout" in run_all.optional_sections()
 
 
 def test_nextlat_pt_bench_without_a_checkout_says_so(monkeypatch, tmp_path, capsys):

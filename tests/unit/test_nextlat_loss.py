@@ -20,7 +20,7 @@ from nextlat_pt.model.nextlat_loss import (
     next_token_loss,
     nextlat_loss,
 )
-from nextlat_pt.model.psi import LatentDynamics, psi_width
+from nextlat_pt.model.psi import LatentDynamics, psi_width, rollout_step
 
 B, T, K, D, V, H = 2, 7, 5, 8, 11, 12
 
@@ -522,6 +522,40 @@ def test_latent_dynamics_matches_formula(parallel_tp1):
     # no biases anywhere: the parameters are exactly the norm gain and three weights
     assert sorted(n for n, _ in m.named_parameters()) == [
         "fc1.weight", "fc2.weight", "fc3.weight", "norm.weight"]
+
+
+def test_fused_rollout_equals_concatenating_psi_with_gradients(parallel_tp1):
+    """The rollout with E(x) embedded once (`rollout_step`) is the module formula applied per
+    step on [ĥ ; E(x_{t+i})]: same states and the same gradients for every ψ weight (both
+    halves of W1 and of the norm gain), for h and for E(x)."""
+    torch.manual_seed(3)
+    m = LatentDynamics(megatron_config(16), width=24)
+    with torch.no_grad():
+        m.norm.weight.copy_(1.0 + 0.5 * torch.randn(32))
+        for fc in (m.fc1, m.fc2, m.fc3):
+            fc.weight.mul_(10.0)
+    h = torch.randn(9, 2, 16, requires_grad=True)
+    e = torch.randn(9, 2, 16, requires_grad=True)
+    leaves = [h, e, *m.parameters()]
+
+    def concatenating(state, next_embedding):
+        x = m.norm(torch.cat([state, next_embedding], dim=-1))
+        x = F.gelu(x @ m.fc1.weight.T)
+        x = F.gelu(x @ m.fc2.weight.T)
+        return state + x @ m.fc3.weight.T
+
+    fused, reference = h, h
+    step = rollout_step(m, e)
+    for i in range(1, 4):
+        fused = step(fused[:-1], i)
+        reference = concatenating(reference[:-1], e[i:])
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(fused.shape)
+    got = torch.autograd.grad((fused * weights).sum(), leaves)
+    want = torch.autograd.grad((reference * weights).sum(), leaves)
+    for name, g, w in zip(["h", "e", *(n for n, _ in m.named_parameters())], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5,
+                                   msg=lambda msg, n=name: f"{n}: {msg}")
 
 
 def test_latent_dynamics_zero_init_is_identity(parallel_tp1):
