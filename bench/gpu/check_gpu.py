@@ -26,6 +26,9 @@ Sections
    baseline, each in a fresh process, bench/memory_peak.py) over nextlat_pt/memory.py's
    estimate.
 5. nccl: a world of one process with the NCCL backend, one all-reduce (sanity only).
+6. psi: ψ's rollout at the 1.3B width (D 2048, H 6528, seq 1024, bf16) for d = 1, 2, 4:
+   the fused first layer and the fused step under `torch.compile` over the concatenating
+   module (bench/psi_rollout.py): whether compiling ψ pays on a GPU (on CPU it does not).
 
 MFU
 ---
@@ -63,7 +66,7 @@ from benchlib import machine_info, median_time  # noqa: E402
 
 REPO = BENCH.parent
 DEFAULT_JSON = BENCH / "results" / "gpu_latest.json"
-SECTIONS = ["attention", "model_parity", "training", "memory", "nccl"]
+SECTIONS = ["attention", "model_parity", "training", "memory", "nccl", "psi"]
 # Dense bf16 tensor-core peaks (vendor datasheets, without sparsity), matched in order as
 # substrings of torch.cuda.get_device_name(): the first match wins.
 PEAK_BF16_TFLOPS = [
@@ -234,6 +237,22 @@ def memory(overrides: list[str]) -> dict[str, Any]:
     return memory_peak.measure(overrides, horizons=(0, 1), steps=2)
 
 
+def psi_rollout(overrides: list[str], micro_batch: int, repeats: int, warmup: int,
+                dry_run: bool) -> dict[str, Any]:
+    """ψ's rollout: fused and fused+compile over concatenating (bench/psi_rollout.py)."""
+    import psi_rollout as bench_psi
+
+    from nextlat_pt.config import load_config
+
+    cfg = load_config(None, overrides)
+    cuda = torch.cuda.is_available()
+    return bench_psi.measure(
+        seq=cfg.model.seq_len, batch=micro_batch, hidden=cfg.model.hidden_size,
+        width=cfg.psi_width, horizons=(1, 2) if dry_run else (1, 2, 4), repeats=repeats,
+        warmup=max(warmup, 2), compile=True, device="cuda" if cuda else "cpu",
+        dtype=torch.bfloat16 if cuda else torch.float32)
+
+
 def nccl_check() -> dict[str, Any]:
     """One all-reduce in the world of one (NCCL on CUDA)."""
     import torch.distributed as dist
@@ -287,6 +306,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"memory {row['variant']}: {row['peak_bytes'] / 1024 ** 3:.2f} GiB "
                      f"measured / {row['estimate_bytes'] / 1024 ** 3:.2f} GiB estimated = "
                      f"{row['ratio']:.2f}")
+    psi = report.get("psi", {})
+    for row in psi.get("rows", []):
+        lines.append(f"ψ rollout d={row['horizon']}: fused/concat {row['ratio_paired']:.3f}, "
+                     f"compiled/concat {row.get('ratio_paired_fused_compile', float('nan')):.3f}"
+                     f" (max|Δ| {row['max_abs_diff']:.1e})")
     for name in SECTIONS:
         if "error" in report.get(name, {}):
             lines.append(f"{name}: FAILED: {report[name]['error']}")
@@ -347,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": lambda: training(overrides, args.repeats, args.warmup, peak),
         "memory": lambda: memory(overrides),
         "nccl": nccl_check,
+        "psi": lambda: psi_rollout(overrides, args.micro_batch, args.repeats, args.warmup,
+                                   args.dry_run),
     }
     for section in sections:
         run_section(report, section, runs[section], args.json)

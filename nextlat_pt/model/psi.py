@@ -14,7 +14,8 @@ gain g = [g_h | g_e]
 The second term's matrix product does not depend on the rollout state, so `embed` computes it
 (and Σe²) once for the whole sequence and every rollout step i reads its slice e[i:]: a d-step
 rollout multiplies by W1_e once, not d times (a fifth of ψ's matmul FLOPs per extra step at
-the default width H = 2D), and no [T, B, 2D] tensor is made or saved.
+the default width H = 2D), and no [T, B, 2D] tensor is made or saved. A single step (d = 1,
+and `forward`) keeps the concatenating form, which is then slightly cheaper.
 The parameters are the unfused module's (`fc1` still holds all of W1), so checkpoints and the
 HF export are unchanged.
 
@@ -112,18 +113,24 @@ class LatentDynamics(MegatronModule):
         return hidden + delta
 
     def forward(self, hidden: Tensor, next_embedding: Tensor) -> Tensor:
-        """ĥ_next from the current (true or predicted) state and the next token's embedding."""
-        return self.step(hidden, self.embed(next_embedding))
+        """ĥ_next from the current (true or predicted) state and the next token's embedding:
+        the formula as written, with the concatenation (one step has nothing to share)."""
+        x = self.norm(torch.cat([hidden, next_embedding], dim=-1))
+        x, _ = self.fc1(x)
+        x, _ = self.fc2(F.gelu(x))
+        delta, _ = self.fc3(F.gelu(x))
+        return hidden + delta
 
 
-def rollout_step(psi: Callable[[Tensor, Tensor], Tensor], next_embeddings: Tensor
-                 ) -> Callable[[Tensor, int], Tensor]:
-    """ψ as the rollout calls it: step(ĥ, i) = ψ(ĥ, E(x_{t+i})) for t = 0 .. T-1-i.
+def rollout_step(psi: Callable[[Tensor, Tensor], Tensor], next_embeddings: Tensor,
+                 horizon: int) -> Callable[[Tensor, int], Tensor]:
+    """ψ as a d-step rollout calls it: step(ĥ, i) = ψ(ĥ, E(x_{t+i})) for t = 0 .. T-1-i.
 
-    `LatentDynamics` embeds the sequence once for all i; any other ψ(h, e) (a test's plain
-    function) is called with the slice E(x)[i:].
+    With d > 1, `LatentDynamics` embeds the sequence once for all i (`embed` + `step`). With
+    d = 1 there is nothing to share and the concatenating form is slightly cheaper
+    (bench/psi_rollout.py), so ψ is called as written, as is any other ψ(h, e).
     """
-    if isinstance(psi, LatentDynamics):
+    if isinstance(psi, LatentDynamics) and horizon > 1:
         # x_0 is nobody's next token: embed x_1 .. x_{T-1} once; step i starts at x_i.
         inputs = psi.embed(next_embeddings[1:])
         return lambda hidden, i: psi.step(hidden, inputs.sliced(i - 1))

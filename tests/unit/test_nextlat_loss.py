@@ -545,7 +545,7 @@ def test_fused_rollout_equals_concatenating_psi_with_gradients(parallel_tp1):
         return state + x @ m.fc3.weight.T
 
     fused, reference = h, h
-    step = rollout_step(m, e)
+    step = rollout_step(m, e, horizon=3)
     for i in range(1, 4):
         fused = step(fused[:-1], i)
         reference = concatenating(reference[:-1], e[i:])
