@@ -16,9 +16,12 @@ attn_implementation="sdpa"), holding **our initial weights** (copied through
 `nextlat_pt/convert/llama_mapping.py`), trained on the same batch: zero_grad, forward,
 fp32 cross-entropy of the logits against the next tokens (mean over tokens, divided by the
 micro-batch count and accumulated as megatron does), backward, `clip_grad_norm_`,
-`torch.optim.AdamW` (defaults: foreach; the same lr schedule, betas, eps and weight-decay
-split as ours: decay on matrices only). Same process, same threads, interleaved round-robin
-with our variants (warm-up first, the order rotated each repeat); medians.
+`torch.optim.AdamW` (defaults: the per-tensor path on CPU, foreach on CUDA; the same lr
+schedule, betas, eps and weight-decay split as ours: decay on matrices only). Same process,
+same threads, interleaved round-robin with our variants (warm-up first, the order rotated each
+repeat); medians. A second reference, `HF Llama + fused AdamW`, is the same with torch's
+single-kernel AdamW (`fused=True`), which our framework uses: ours over it isolates the model,
+the loss and the step's plumbing from the optimizer kernel.
 
 Vocabulary: megatron pads the embedding and the LM head to a multiple of
 `make_vocab_size_divisible_by`; the reference is built with the same **padded** vocabulary so
@@ -59,6 +62,7 @@ from nextlat_pt.train.optim import lr_at, param_groups
 from nextlat_pt.train.step import MicroBatch
 
 REFERENCE = "HF Llama + AdamW"
+REFERENCE_FUSED = "HF Llama + fused AdamW"
 LOSS_TOLERANCE = 1e-5  # |first loss (ours) - first loss (reference)|: the same function
 
 
@@ -140,14 +144,20 @@ def reference_loss(hf, batch: MicroBatch) -> Tensor:
 
 
 class ReferenceStep:
-    """The plain PyTorch training step on the HF model, with our lr schedule and clipping."""
+    """The plain PyTorch training step on the HF model, with our lr schedule and clipping.
 
-    def __init__(self, hf, variant: Variant, batches: list[MicroBatch]) -> None:
+    `fused_adamw` gives it torch's single-kernel AdamW, which our framework uses: the
+    comparison then isolates the model, the loss and the step's plumbing.
+    """
+
+    def __init__(self, hf, variant: Variant, batches: list[MicroBatch],
+                 fused_adamw: bool = False) -> None:
         train = variant.cfg.train
         self.hf, self.train, self.batches = hf, train, batches
         self.device = batches[0].input_ids.device
         self.optimizer = torch.optim.AdamW(param_groups(hf, train.weight_decay), lr=train.lr,
-                                           betas=(train.beta1, train.beta2), eps=train.adam_eps)
+                                           betas=(train.beta1, train.beta2), eps=train.adam_eps,
+                                           fused=True if fused_adamw else None)
         self.params = [p for p in hf.parameters() if p.requires_grad]
         self.steps = 0
         self.losses: list[float] = []
@@ -178,7 +188,7 @@ class ReferenceStep:
         return elapsed
 
 
-def reference_factory(holder: dict[str, ReferenceStep]
+def reference_factory(holder: dict[str, ReferenceStep], fused_adamw: bool = False
                       ) -> Callable[[list[Variant], list[MicroBatch]],
                                     tuple[str, Callable[[], float]]]:
     """An `extra` step for `nextlat_overhead.measure`: the reference, built from the NTP
@@ -187,9 +197,9 @@ def reference_factory(holder: dict[str, ReferenceStep]
     def make(variants: list[Variant], batches: list[MicroBatch]
              ) -> tuple[str, Callable[[], float]]:
         ntp = next(v for v in variants if v.horizon == 0)
-        step = ReferenceStep(build_hf_model(ntp.model), ntp, batches)
+        step = ReferenceStep(build_hf_model(ntp.model), ntp, batches, fused_adamw)
         holder["step"] = step
-        return REFERENCE, step
+        return (REFERENCE_FUSED if fused_adamw else REFERENCE), step
 
     return make
 
@@ -232,30 +242,37 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0,),
             extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
     """Our variants (`horizons`, NTP first) and the reference, interleaved in one run.
 
-    Returns nextlat_overhead's result plus `reference` (see `compare`); `extra` steps join
-    the same rotation (their times under `extra_times`).
+    Returns nextlat_overhead's result plus `reference` (HF + default AdamW, see `compare`)
+    and `reference_fused_adamw` (HF + torch's fused AdamW, as ours); `extra` steps join the
+    same rotation (their times under `extra_times`).
     """
-    holder: dict[str, ReferenceStep] = {}
+    plain: dict[str, ReferenceStep] = {}
+    fused: dict[str, ReferenceStep] = {}
     result = measure_steps(overrides, horizons=horizons, repeats=repeats, warmup=warmup,
-                           seed=seed, extra=[reference_factory(holder), *extra])
+                           seed=seed, extra=[reference_factory(plain),
+                                             reference_factory(fused, fused_adamw=True), *extra])
     result["reference"] = compare(result["rows"], result["extra_times"][REFERENCE],
-                                  holder["step"].losses, result["tokens_per_step"])
+                                  plain["step"].losses, result["tokens_per_step"])
+    result["reference_fused_adamw"] = compare(
+        result["rows"], result["extra_times"][REFERENCE_FUSED], fused["step"].losses,
+        result["tokens_per_step"])
     return result
 
 
 def print_comparison(result: dict[str, Any]) -> None:
-    """The reference's step and each of ours over it."""
-    ref = result["reference"]
-    r = ref["reference"]
-    print(f"{'step':<22} {'median s':>9} {'IQR s':>7} {'tokens/s':>9} {'ours/ref':>8} "
+    """Each reference's step and each of ours over it."""
+    print(f"{'step':<24} {'median s':>9} {'IQR s':>7} {'tokens/s':>9} {'ours/ref':>8} "
           f"{'paired':>7}")
-    print(f"{REFERENCE:<22} {r['median_s']:>9.4f} {r['iqr_s']:>7.4f} "
-          f"{r['tokens_per_s']:>9.0f} {'':>8} {'':>7}")
-    for row, ratio in zip(result["rows"], ref["ratios"]):
-        print(f"{'ours, ' + row['variant']:<22} {row['median_s']:>9.4f} {row['iqr_s']:>7.4f} "
-              f"{row['tokens_per_s']:>9.0f} {ratio['ratio']:>8.3f} "
-              f"{ratio['ratio_paired']:>7.3f}")
-    eq = ref["equivalence"]
+    for name, key in ((REFERENCE, "reference"), (REFERENCE_FUSED, "reference_fused_adamw")):
+        ref = result[key]
+        r = ref["reference"]
+        print(f"{name:<24} {r['median_s']:>9.4f} {r['iqr_s']:>7.4f} "
+              f"{r['tokens_per_s']:>9.0f} {'':>8} {'':>7}")
+        for row, ratio in zip(result["rows"], ref["ratios"]):
+            print(f"{'  ours, ' + row['variant']:<24} {row['median_s']:>9.4f} "
+                  f"{row['iqr_s']:>7.4f} {row['tokens_per_s']:>9.0f} {ratio['ratio']:>8.3f} "
+                  f"{ratio['ratio_paired']:>7.3f}")
+    eq = result["reference"]["equivalence"]
     print(f"\nfirst loss: ours {eq['first_loss_ours']:.6f}, reference "
           f"{eq['first_loss_reference']:.6f}, |diff| {eq['first_loss_abs_diff']:.2e} "
           f"({'same function' if eq['same_function'] else 'NOT THE SAME FUNCTION'}); max "
@@ -293,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['tokens_per_step']} tokens/step; {result['repeats']} interleaved repeats "
           f"after {result['warmup']} warm-up steps; ours: {result['step_path']}\n")
     print_comparison(result)
-    print(f"our NTP step / reference: {result['reference']['ratios'][0]['ratio']:.3f} "
-          "(target <= 1.0)")
+    print(f"our NTP step / reference: {result['reference']['ratios'][0]['ratio_paired']:.3f} "
+          f"(paired; target <= 1.0); / the fused-AdamW reference: "
+          f"{result['reference_fused_adamw']['ratios'][0]['ratio_paired']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(json_ready(result), command=command), f, indent=2)

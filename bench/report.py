@@ -94,6 +94,15 @@ def step_rows(results: dict[str, Any]) -> list[Row]:
             ratio["ratio_paired"], target,
             f"medians {rows_by_h[h]['median_s']:.3f} / {ref['reference']['median_s']:.3f} s "
             f"(ratio {ratio['ratio']:.3f})" + extra))
+    fused = steps.get("reference_fused_adamw")
+    if fused is not None:  # the reference with our optimizer kernel: model and loss alone
+        ratio = fused["ratios"][0]
+        out.append(Row(
+            "steps", "our NTP step / HF Llama + fused AdamW (NTP)", ratio["ratio_paired"],
+            "~1.0: the same optimizer kernel",
+            f"medians {ntp['median_s']:.3f} / {fused['reference']['median_s']:.3f} s (ratio "
+            f"{ratio['ratio']:.3f}); first loss |diff| "
+            f"{fused['equivalence']['first_loss_abs_diff']:.1e}"))
     return out
 
 

@@ -60,6 +60,10 @@ class LocalEngine:
     def allreduce_gradients(self) -> None:
         """One data-parallel rank: nothing to reduce."""
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """DeepSpeed's `engine.backward(loss)`: on one fp32 rank, plain autograd."""
+        loss.backward()
+
     def step(self) -> None:
         """Clip by the global norm (grad_clip 0: off, as in DeepSpeed), update, drop grads."""
         groups = [group["params"] for group in self.optimizer.param_groups]

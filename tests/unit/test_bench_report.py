@@ -83,7 +83,11 @@ def _results() -> dict:
                       "ratios": [{"horizon": 0, "ratio": 1.25, "ratio_paired": 1.2},
                                  {"horizon": 1, "ratio": 2.0, "ratio_paired": 1.9}],
                       "equivalence": {"first_loss_abs_diff": 0.0, "loss_max_abs_diff": 1e-6,
-                                      "steps_compared": 22, "same_function": True}}},
+                                      "steps_compared": 22, "same_function": True}},
+                  "reference_fused_adamw": {
+                      "reference": {"median_s": 0.45},
+                      "ratios": [{"horizon": 0, "ratio": 1.11, "ratio_paired": 1.05}],
+                      "equivalence": {"first_loss_abs_diff": 0.0}}},
         "matmul": {"peak_flops_per_s": 4e12, "peak_gemm": "head forward", "repeats": 5},
         "memory": {"rows": [{"variant": "NTP", "ratio": 1.25, "peak_bytes": 5 * 2 ** 20,
                              "estimate_bytes": 4 * 2 ** 20, "measure": "rss"}]},
@@ -117,6 +121,7 @@ def test_rows_carry_the_ratios_of_every_section():
     assert by_name["NextLat d=1 / NTP step time"].target == "FLOP ratio 1.500"
     assert by_name["our NTP step / HF Llama + AdamW (NTP)"].ratio == 1.2
     assert "same function" in by_name["our NTP step / HF Llama + AdamW (NTP)"].details
+    assert by_name["our NTP step / HF Llama + fused AdamW (NTP)"].ratio == 1.05
     # achieved = 1e9 FLOP/token × 1000 tokens / 0.5 s = 2e12 FLOP/s over a 4e12 peak
     peak_ntp = by_name["achieved FLOP/s / matmul peak at the model's GEMMs (NTP)"]
     assert peak_ntp.ratio == pytest.approx(0.5)
