@@ -7,8 +7,8 @@ Each configuration (NTP = horizon 0, NextLat d) runs in a **fresh subprocess** (
 with `--child`), so that one configuration's allocations, allocator caches and high-water
 mark never leak into the next. The child imports everything, starts the one-process world,
 then records its baseline, builds the variant exactly as the trainer does
-(`build_training`: model, AdamW, DeepSpeed engine) and runs `--steps` training steps on a
-random batch (`nextlat_overhead.train_step`).
+(`build_training`: model, AdamW, the local or DeepSpeed engine) and runs `--steps` training
+steps on a random batch (`nextlat_overhead.train_step`).
 
 What is measured
 ----------------
@@ -25,10 +25,10 @@ What is measured
   blocks nor the CUDA context).
 
 What the estimate includes (see nextlat_pt/memory.py): weights, gradients, AdamW's two
-moments plus the fp32 partition ZeRO keeps (12 bytes/parameter in fp32 training), the
-activations of one micro-batch after Korthikanti et al. (34·s·b·h + 5·a·s²·b per layer, in
-units of the compute dtype's half), and the fp32 logits buffers (CE and teacher, plus one
-student buffer per rollout step). It ignores allocator overhead and temporaries.
+moments (plus the fp32 copy DeepSpeed keeps; none on the local engine), the activations our
+layers save for backward counted tensor by tensor plus one layer's gradients in backward,
+ψ's per rollout step, and the fp32 logits plus the KL's chunk buffers. It ignores allocator
+overhead and the process's fixed buffers (about 20 MiB here, which dominate a tiny model).
 
 ratio = measured / estimate: > 1 means the estimate is short (temporaries the formula does not
 model), < 1 that it is conservative.
@@ -126,7 +126,8 @@ def child(horizon: int, steps: int, overrides: list[str], seed: int) -> dict[str
     estimate = estimate_memory(
         spec, cfg.model.seq_len, cfg.train.micro_batch_size, dp=1,
         zero_stage=cfg.parallel.zero_stage, horizon=horizon if cfg.uses_psi else 0,
-        optimizer=cfg.train.optimizer, bf16=spec.params_dtype == torch.bfloat16)
+        optimizer=cfg.train.optimizer, bf16=spec.params_dtype == torch.bfloat16,
+        kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens)
     distributed.destroy()
     return {
         "variant": name,

@@ -1,18 +1,30 @@
 """An analytic estimate of the memory one rank needs, printed at start-up.
 
-Per rank, in bytes (P = this rank's parameters ≈ total / (TP·PP), dp = data-parallel size):
+Per rank, in bytes (P = this rank's parameters ≈ total / (TP·PP), dp = data-parallel size,
+w = 2 (bf16) or 4 (fp32) bytes per element):
 
-- weights: P · w, with w = 2 (bf16) or 4 (fp32); ZeRO-3 divides by dp.
+- weights: P · w; ZeRO-3 divides by dp.
 - gradients: P · w; ZeRO-2 and 3 divide by dp.
-- optimizer: P · (8 + m) for AdamW's two fp32 moments plus, in bf16, an fp32 master copy
-  (m = 4; DeepSpeed's ZeRO also keeps its fp32 partition in fp32 training, m = 4); every
-  ZeRO stage divides it by dp. SGD keeps only the master copy.
-- activations of the layers on this stage for the micro-batches in flight (1 without
-  pipelining, PP for 1F1B's first stage): per layer s·b·h·(34 + 5·a·s/h)·(w/2) / TP
-  (Korthikanti et al. 2022, Table 2, no sequence parallelism; 2·s·b·h·w per layer with full
-  recomputation, plus one layer's full set).
-- logits on the last stage: s·b·V/TP · 4 bytes for the fp32 CE and teacher log-probs, plus
-  one student buffer per NextLat rollout step.
+- optimizer: P · (8 + m) for AdamW's two fp32 moments plus, under DeepSpeed, its fp32 copy of
+  the parameters (m = 4: the master weights in bf16, ZeRO's flat partition in fp32); every
+  ZeRO stage divides it by dp. One fp32 data-parallel rank without PP trains without
+  DeepSpeed (`parallel/local_engine.py`): no copy, m = 0. SGD keeps only the copy.
+- activations saved for backward by the layers of this stage, per micro-batch in flight (1
+  without pipelining, PP for 1F1B's first stage), counted from what our layer saves per
+  token: the two RMSNorms' inputs and outputs (4h); q, k, v, the attention output and the
+  output projection's input (3h + 2·h_kv; flash-attn/SDPA keep no s×s matrix); fc1's
+  output, silu of the gate and fc2's input (4F). Sharded by TP except the norms (replicated
+  without sequence parallelism). Full recomputation keeps each layer's input (h) plus one
+  layer's full set. Backward adds one layer's worth: the gradients of the activations of
+  the layer being back-propagated, alive beside what is still saved.
+  NextLat adds, on the last stage, ψ's saved activations per rollout step,
+  s·b·(8h + 4H/TP)·w (the concatenation's norm input and output and fc1's input, four
+  H-wide hidden activations, ĥ and the KL's gradient to ĥ), and one step's worth of
+  gradients in backward.
+- logits and loss on the last stage: the fp32 logits s·b·V/TP·4 (megatron's CE reuses them
+  for its softmax and gradient; bf16 logits add their own buffer); NextLat adds the KL's
+  working set, three fp32 buffers of kl_chunk_tokens × V/TP (`model/frozen_head_kl.py`:
+  bounded by the chunk, not by d).
 
 It ignores allocator fragmentation, communication buffers and the CUDA context (~0.5–1 GB on
 a GPU); compare it with the measured peak (benchmarks report the ratio).
@@ -23,7 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nextlat_pt.flops import padded_vocab, parameter_counts
+from nextlat_pt.model.frozen_head_kl import DEFAULT_CHUNK_TOKENS
 from nextlat_pt.model.gpt import ModelSpec
+from nextlat_pt.parallel.local_engine import wants_local_engine
+
+KL_CHUNK_BUFFERS = 3  # fp32 [chunk, V/tp]: the student logits, log p and p
 
 
 @dataclass(frozen=True)
@@ -47,25 +63,44 @@ class MemoryEstimate:
                 f"activations {self.activations / gib:.2f}, logits {self.logits / gib:.2f})")
 
 
+def layer_activation_elements(spec: ModelSpec) -> float:
+    """Elements one transformer layer saves for backward per token on one TP rank."""
+    h, tp = spec.hidden_size, spec.tp
+    kv = h * spec.num_query_groups // spec.num_heads
+    norms = 4 * h  # two RMSNorms: input and normalised output each (replicated over TP)
+    attention = (3 * h + 2 * kv) / tp  # q, k, v, attention output, projection input
+    mlp = 4 * spec.ffn_hidden_size / tp  # fc1 output (2F), silu(gate) (F), fc2 input (F)
+    return norms + attention + mlp
+
+
 def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: int,
                     zero_stage: int, horizon: int = 0, optimizer: str = "adamw",
-                    bf16: bool = False) -> MemoryEstimate:
-    """The estimate for one rank of a `spec.tp` × `spec.pp` × `dp` layout (see module doc)."""
+                    bf16: bool = False,
+                    kl_chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> MemoryEstimate:
+    """The estimate for one rank of a `spec.tp` × `spec.pp` × `dp` layout (see module doc).
+
+    `horizon` is NextLat's d (0: next-token only, no ψ)."""
     w = 2 if bf16 else 4
     counts = parameter_counts(spec)
     params = counts["total"] / (spec.tp * spec.pp)
     weights = params * w / (dp if zero_stage >= 3 else 1)
     gradients = params * w / (dp if zero_stage >= 2 else 1)
-    per_param = (8 if optimizer == "adamw" else 0) + 4
-    opt = params * per_param / dp
-    s, b, h, a = seq_len, micro_batch_size, spec.hidden_size, spec.num_heads
+    copy = 0 if wants_local_engine(dp, spec.pp, bf16) else 4
+    moments = 8 if optimizer == "adamw" else 0
+    opt = params * (moments + copy) / dp
+    tokens = seq_len * micro_batch_size
     layers = spec.num_layers / spec.pp
     in_flight = spec.pp  # 1F1B: the first stage holds PP micro-batches
-    full_layer = s * b * h * (34 + 5 * a * s / h) * (w / 2) / spec.tp
+    full_layer = tokens * layer_activation_elements(spec) * w
     if spec.recompute:
-        activations = (2 * s * b * h * w * layers + full_layer) * in_flight
+        activations = (tokens * spec.hidden_size * w * layers + full_layer) * in_flight
     else:
         activations = full_layer * layers * in_flight
+    activations += full_layer  # backward: the gradients of the layer being back-propagated
     vocab = padded_vocab(spec) / spec.tp
-    logits = s * b * vocab * 4 * (2 + horizon)
+    logits = tokens * vocab * (4 + (w if bf16 else 0))
+    if horizon > 0:  # on the last stage: ψ's rollout and the KL's chunk buffers
+        psi_step = tokens * (8 * spec.hidden_size + 4 * spec.psi_width / spec.tp) * w
+        activations += psi_step * (horizon + 1)  # + the gradients of the step in backward
+        logits += KL_CHUNK_BUFFERS * min(kl_chunk_tokens, tokens) * vocab * 4
     return MemoryEstimate(weights, gradients, opt, activations, logits)

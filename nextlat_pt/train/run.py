@@ -201,7 +201,8 @@ def run_training(cfg: Config) -> dict[str, Any]:
                             with_kl=cfg.nextlat.lambda_kl > 0)
     memory = estimate_memory(spec, cfg.model.seq_len, cfg.train.micro_batch_size, layout.dp,
                              cfg.parallel.zero_stage, cfg.nextlat.horizon if cfg.uses_psi
-                             else 0, cfg.train.optimizer, spec.params_dtype == torch.bfloat16)
+                             else 0, cfg.train.optimizer, spec.params_dtype == torch.bfloat16,
+                             kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens)
     info = {
         "run dir": str(run_dir),
         "objective": cfg.nextlat.objective + (
