@@ -97,9 +97,10 @@ class _ChunkedFrozenHeadKL(torch.autograd.Function):
                 z.div_(temperature)
             student_lse = _global_logsumexp(torch.logsumexp(z, -1), group).unsqueeze(-1)
             # teacher: log p = z_teacher / τ − lse (a new tensor: the logits stay intact)
-            log_p = teacher_logits[start:end].float()
-            log_p = log_p / temperature if temperature != 1.0 else log_p.clone()
-            log_p.sub_(teacher_lse[start:end].unsqueeze(-1))
+            teacher = teacher_logits[start:end].float()
+            if temperature != 1.0:
+                teacher = teacher / temperature
+            log_p = torch.sub(teacher, teacher_lse[start:end].unsqueeze(-1))
             p = log_p.exp()
             # KL = Σ_v p (log p − z) + log Σ exp z · Σ_v p. Σ_v p is 1 over the whole
             # vocabulary; under TP each rank adds its share and the ranks' sum is exact.
