@@ -13,8 +13,8 @@ E(x_{t+i})), teacher-forced), then a backward from the sum of the last step:
 - `fused`: the framework's path for d > 1 (`psi.rollout_step`): the E(x) half of the first
   layer and Σ E(x)² computed once for the sequence; per step only W1_h·(g_h ⊙ h·r) + r·P_e
   (timed at d = 1 too, which is why the framework keeps the concatenating form there);
-- `concatenating`: the textbook module on the same weights: per step
-  fc1(RMSNorm([ĥ ; E(x)])) with the [T, B, 2D] concatenation, as ψ was computed before;
+- `concatenating`: the module's own forward (what d = 1 runs): per step
+  fc1(RMSNorm([ĥ ; E(x)])) with the [T, B, 2D] concatenation;
 - `fused+compile` (with `--compile`): the fused step under `torch.compile` (the warm-up
   pays the compilation). On these CPUs it did not pay: the same time as eager after ~1 min
   of compiling, so the framework runs ψ eagerly; `bench/gpu/check_gpu.py` measures it on a
@@ -37,17 +37,7 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from benchlib import describe_machine, interleave, machine_info, paired_ratio
-
-
-def _concatenating_step(psi, hidden, next_embedding):
-    """ψ as the module formula reads: concatenate, normalise, three layers."""
-    x = psi.norm(torch.cat([hidden, next_embedding], dim=-1))
-    x, _ = psi.fc1(x)
-    x, _ = psi.fc2(F.gelu(x))
-    delta, _ = psi.fc3(F.gelu(x))
-    return hidden + delta
 
 
 def measure(seq: int = 256, batch: int = 8, hidden: int = 256, width: int | None = None,
@@ -79,7 +69,7 @@ def measure(seq: int = 256, batch: int = 8, hidden: int = 256, width: int | None
 
         def rollout(variant: str, d: int) -> torch.Tensor:
             if variant == "concatenating":
-                step = lambda state, i: _concatenating_step(psi, state, e[i:])  # noqa: E731
+                step = lambda state, i: psi(state, e[i:])  # noqa: E731 - the module's forward
             elif variant == "fused":
                 step = rollout_step(psi, e, horizon=2)  # the shared-embedding path at any d
             else:  # fused+compile: the same split, the step compiled

@@ -30,33 +30,32 @@ from megatron.core.transformer import TransformerConfig
 from torch import Tensor, nn
 
 
+def _rotate(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """[t1·cos − t2·sin, t2·cos + t1·sin] over the last dimension's halves, written once."""
+    t1, t2 = t.chunk(2, dim=-1)
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(t1, cos, out=o1)
+    o1.sub_(t2 * sin)
+    torch.mul(t2, cos, out=o2)
+    o2.add_(t1 * sin)
+    return out
+
+
 class _Rotary(torch.autograd.Function):
-    """y = [t1·cos − t2·sin, t2·cos + t1·sin] over the last dimension's halves (t = [t1, t2])."""
+    """RoPE: rotate each (t1, t2) pair of t = [t1, t2] by θ; saves only cos θ and sin θ."""
 
     @staticmethod
     def forward(ctx, t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         ctx.save_for_backward(cos, sin)
-        t1, t2 = t.chunk(2, dim=-1)
-        out = torch.empty_like(t, memory_format=torch.contiguous_format)
-        o1, o2 = out.chunk(2, dim=-1)
-        torch.mul(t1, cos, out=o1)
-        o1.sub_(t2 * sin)
-        torch.mul(t2, cos, out=o2)
-        o2.add_(t1 * sin)
-        return out
+        return _rotate(t, cos, sin)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        # The transpose of a rotation by θ is the rotation by −θ.
+        # The transpose of a rotation by θ is the rotation by −θ (negation is exact, so the
+        # gradient is the fallback's to the bit).
         cos, sin = ctx.saved_tensors
-        g1, g2 = grad.chunk(2, dim=-1)
-        grad_t = torch.empty_like(grad, memory_format=torch.contiguous_format)
-        d1, d2 = grad_t.chunk(2, dim=-1)
-        torch.mul(g1, cos, out=d1)
-        d1.add_(g2 * sin)
-        torch.mul(g2, cos, out=d2)
-        d2.sub_(g1 * sin)
-        return grad_t, None, None
+        return _rotate(grad, cos, -sin), None, None
 
 
 def apply_rotary(t: Tensor, freqs: Tensor, interleaved: bool = False) -> Tensor:

@@ -3,8 +3,9 @@
 Backends (`model.attention_backend`):
 - auto/sdpa/flash: megatron's local layer with `FlashOrSDPAttention` in the core_attention slot.
 - local: megatron's own DotProductAttention (the reference the parity test compares against).
-Both local-layer variants take our SwiGLU in the MLP's activation slot (`kernels.py`).
 - te: TransformerEngine's full layer spec; only when TE is installed.
+
+All but te take our SwiGLU in the MLP's activation slot (`kernels.py`).
 """
 
 from __future__ import annotations

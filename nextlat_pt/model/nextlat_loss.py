@@ -132,7 +132,7 @@ def nextlat_loss(
     teacher_lse = teacher_log_normalizer(logits, cfg.kl_temperature, cfg.kl_chunk_tokens)
 
     next_embeddings = input_embeddings.detach() if cfg.detach_next_embedding else input_embeddings
-    psi_step = rollout_step(psi, next_embeddings, d)  # ψ(ĥ, E(x_{t+i})); E(x) projected once
+    psi_step = rollout_step(psi, next_embeddings, d)  # ψ(ĥ, E(x_{t+i})), see psi.py
     target = hidden.detach()  # sg[h]: regression targets
 
     latent_loss = hidden.new_zeros(())
