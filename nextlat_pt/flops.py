@@ -1,4 +1,4 @@
-"""FLOP accounting for NTP and NextLat training (NEXTLAT_METHOD.md §2, §3, §9).
+"""FLOP accounting for NTP and NextLat training (docs/method.md §2, §3, §8).
 
 Everything here is analytic: a function of the `ModelSpec`, the sequence length T and the
 rollout horizon d. Counts are **per token of training** (forward + backward), for the whole

@@ -9,7 +9,7 @@
 #
 # Needs root (apt-get, munge, slurmd as root, /etc/hosts, `unshare --uts`).
 #
-# Shape (tested recipe: /work/shared/docs/SLURM_LOCAL_CLUSTER.md, variant a):
+# Shape:
 #   slurmctld on 127.0.0.1:$SLURM_CI_PORT; node I ("${SLURM_CI_NODE_PREFIX}I") is a slurmd
 #   listening on 127.0.0.1I:$((SLURM_CI_PORT + I)), in its own UTS namespace, so `hostname` in
 #   a job on node I prints that node's name (torchrun's c10d rendezvous needs distinct host

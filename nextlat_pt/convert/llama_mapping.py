@@ -4,7 +4,7 @@ Pure functions on full (TP=1) tensors; the checkpoint reader already undoes tens
 parallelism (dist_checkpointing stores global tensors: QKV with whole query groups
 concatenated in order, SwiGLU's fc1 as [gate_full; up_full]).
 
-The two traps (ANCHORS.md §4):
+The two traps every megatron -> HF converter meets:
 - megatron's fused QKV is interleaved per query group: for each of the `ng` groups, its
   nh/ng query heads, then its key head, then its value head, each `head_dim` rows.
 - megatron's fc1 is [gate; up] along the output dimension.

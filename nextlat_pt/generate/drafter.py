@@ -1,4 +1,4 @@
-"""ψ as a plain PyTorch module, and the drafter built from it (NEXTLAT_METHOD.md §2, §6).
+"""ψ as a plain PyTorch module, and the drafter built from it (docs/method.md §2, §6).
 
     ψ(h, e) = h + fc3 · GELU(fc2 · GELU(fc1 · RMSNorm([h ; e])))      (model/psi.py's math)
 

@@ -1,4 +1,4 @@
-"""Decoding with a KV cache: plain, or self-speculative with ψ drafting (NEXTLAT_METHOD.md §6).
+"""Decoding with a KV cache: plain, or self-speculative with ψ drafting (docs/method.md §6).
 
 One loop serves both. Each row keeps: its KV cache over x_1..x_t, the TRUE post-norm hidden
 state h_t, and the next token x_{t+1}, already chosen exactly (sampled from p_t, or the

@@ -1,4 +1,4 @@
-"""The NextLat objective (NEXTLAT_METHOD.md §1-§5), on the last pipeline stage.
+"""The NextLat objective (docs/method.md §1-§5), on the last pipeline stage.
 
     L = CE + λ_h · (1/d) Σ_{i=1..d} SmoothL1(ĥ_{t+i}, sg[h_{t+i}])
            + λ_KL · (1/d) Σ_{i=1..d} KL( p(·|sg h_{t+i}) ‖ p_frozen-head(·|ĥ_{t+i}) )

@@ -1,4 +1,4 @@
-"""ψ, the latent dynamics model (NEXTLAT_METHOD.md §2).
+"""ψ, the latent dynamics model (docs/method.md §2).
 
     ĥ_next = h + W3 · GELU(W2 · GELU(W1 · Norm([h ; E(x_next)])))
 

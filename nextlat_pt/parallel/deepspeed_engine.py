@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO around a megatron-core model, driven by megatron's pipeline schedules.
 
-Two ways to run a step, chosen by the pipeline size (measured in PROTOTYPE_FINDINGS Q1):
+Two ways to run a step, chosen by the pipeline size (each checked against one process with
+SGD and AdamW by tests/distributed/test_parallel_equivalence.py):
 
 - PP = 1 (ZeRO 1, 2, 3): every micro-batch goes through `engine(...)`, so DeepSpeed's output
   hooks run its backward prologue/epilogue; DeepSpeed's own accumulation is 1 (megatron

@@ -1,7 +1,7 @@
 """The tensor layouts of the converter, against layouts written out by hand.
 
 megatron's fused QKV is interleaved per query group, its SwiGLU fc1 is [gate; up], and its
-vocabulary is padded (ANCHORS.md §4). Each test builds the megatron tensor row by row from a
+vocabulary is padded. Each test builds the megatron tensor row by row from a
 label that says which HF head/row it is, so a wrong reshape cannot pass.
 """
 

@@ -47,7 +47,7 @@ SPECS = {
                                     vocab_size=300, ffn_hidden_size=96, psi_width=96),
 }
 
-# The paper's 1.3B setting (NEXTLAT_METHOD.md §2 table and §9).
+# The paper's 1.3B setting (docs/method.md §2 and §8).
 PAPER_1B3 = ModelSpec(num_layers=22, hidden_size=2048, num_heads=16, num_query_groups=16,
                       ffn_hidden_size=128 * round(8 * 2048 / 3 / 128), vocab_size=50257,
                       max_position_embeddings=1024, psi_width=6528)
@@ -178,7 +178,8 @@ def test_breakdown_total_and_ratio():
 
 
 def test_paper_1b3_setting():
-    """NEXTLAT_METHOD.md §2/§9, 1.3B: ψ ≈ 82.7M, trunk ≈ 1.32B, NextLat 1.40B training params.
+    """The paper's 1.3B numbers (docs/method.md §2): ψ ≈ 82.7M, trunk ≈ 1.32B, NextLat
+    1.40B training params.
 
     What we get (V = 50257 padded to 50304, F = 5504, H = 6528, untied):
       ψ 82,726,912 = 4,096 (norm) + 26,738,688 (2D·H) + 42,614,784 (H²) + 13,369,344 (H·D)

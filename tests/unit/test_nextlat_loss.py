@@ -1,4 +1,4 @@
-"""The NextLat loss and ψ against an independent reference (NEXTLAT_METHOD.md §1-§5).
+"""The NextLat loss and ψ against an independent reference (docs/method.md §1-§5).
 
 The reference is written from the spec's equations, batch-first [B, T, ...], with explicit
 loops over positions t and rollout steps i, in float64. The implementation runs in float32,

@@ -1,4 +1,4 @@
-"""Linear probes on frozen hidden states (NEXTLAT_METHOD.md §8/§10, the TinyStories probes).
+"""Linear probes on frozen hidden states (docs/method.md §9; the paper's TinyStories probes).
 
 A probe is softmax regression (one linear layer + cross-entropy) on standardised features,
 trained with AdamW on a train split and scored on a held-out split. Rows can be grouped

@@ -1,4 +1,4 @@
-"""Effective rank of a set of hidden states (NEXTLAT_METHOD.md §8, Manhattan table).
+"""Effective rank of a set of hidden states (docs/method.md §9).
 
 erank(H) = exp(−Σ p_i log p_i), p_i = σ_i / Σ_j σ_j over the singular values σ of H
 [N positions, D]: the exponential of the Shannon entropy of the normalised spectrum

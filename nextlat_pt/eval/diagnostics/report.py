@@ -22,7 +22,7 @@ from nextlat_pt.eval.diagnostics.probes import (
 from nextlat_pt.eval.diagnostics.rank import effective_rank
 from nextlat_pt.eval.models import ScoredModel
 
-# The paper's effective-rank sample (NEXTLAT_METHOD.md §8): 256 sequences × 256 tokens.
+# The paper's effective-rank sample (docs/method.md §9): 256 sequences × 256 tokens.
 DEFAULT_SEQUENCES = 256
 DEFAULT_TOKENS = 256
 DEFAULT_OFFSETS = 8
