@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import time
+import queue
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -304,29 +306,85 @@ def test_layout_errors(data):
         _loader([(data["a"], 1.0)], on_error="ignore")
 
 
-def test_prefetch_wait_metric_and_close(data, monkeypatch):
-    loader = _loader([(data["a"], 1.0)], prefetch=2)
+class _GatedReads:
+    """Stands in for the disk and the clock of the loader: every sample read advances a fake
+    `perf_counter` by one second, and reads beyond `allowed` block until it is raised. The
+    test then knows exactly how far the reader thread can be, with no sleeps or timings."""
+
+    def __init__(self, real_get, allowed: int) -> None:
+        self.real_get = real_get
+        self.now = 0.0
+        self.reads = 0
+        self.allowed = allowed
+        self.cond = threading.Condition()
+        self.consumer_waiting = threading.Event()
+
+    def get(self, dataset, i):
+        with self.cond:
+            self.cond.wait_for(lambda: self.reads < self.allowed)
+            self.reads += 1
+            self.now += 1.0
+            self.cond.notify_all()
+        return self.real_get(dataset, i)
+
+    def allow(self, allowed: int) -> None:
+        with self.cond:
+            self.allowed = allowed
+            self.cond.notify_all()
+
+    def wait_for_reads(self, n: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.reads >= n, timeout=30), self.reads
+
+    def perf_counter(self) -> float:
+        if threading.current_thread().name == "consumer":
+            self.consumer_waiting.set()
+        with self.cond:
+            return self.now
+
+
+def test_prefetch_depth_wait_metric_and_close(data, monkeypatch):
+    """The reader runs `prefetch` batches ahead and no further; `data_wait_s` is exactly the
+    time next() spent blocked on the reader (0 when a batch was ready)."""
+    from nextlat_pt.data import dataset as dataset_module
+    from nextlat_pt.data import loader as loader_module
+
+    queue_full = threading.Event()
+
+    class RecordingQueue(queue.Queue):
+        def put(self, item, block=True, timeout=None):
+            try:
+                super().put(item, block, timeout)
+            except queue.Full:
+                queue_full.set()  # the reader has a batch ready and no room for it
+                raise
+
+    gate = _GatedReads(dataset_module.ShardedDataset.get, allowed=10**9)
+    monkeypatch.setattr(dataset_module.ShardedDataset, "get", lambda ds, i: gate.get(ds, i))
+    monkeypatch.setattr(loader_module, "time", gate)
+    monkeypatch.setattr(loader_module, "queue", SimpleNamespace(
+        Queue=RecordingQueue, Full=queue.Full, Empty=queue.Empty))
+    loader = _loader([(data["a"], 1.0)], prefetch=2)  # 8 samples per global batch
     thread = loader._thread
-    deadline = time.monotonic() + 10
-    while loader._queue.qsize() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)  # the reader fills the queue ahead of the consumer
-    time.sleep(0.05)
-    assert loader._queue.qsize() == 2  # and stops there
-    next(loader)
-    fast = loader.stats()["data_wait_s"]
-    assert fast < 0.1
-    # A slow reader shows up as waiting time.
-    real_get = loader.blend.datasets[0].get
+    assert queue_full.wait(timeout=30)
+    gate.allow(3 * 8)  # hold the reader at its next read from here on
+    # two batches queued, the third built and waiting for room: nothing more was read
+    assert loader._queue.qsize() == 2 and gate.reads == 3 * 8
+    for _ in range(3):  # ready batches: no waiting, and the clock stands still while the
+        next(loader)    # reader is held at read 25
+    assert loader.stats()["data_wait_s"] == 0.0
+    assert gate.reads == 3 * 8
 
-    def slow_get(i):
-        time.sleep(0.01)
-        return real_get(i)
-
-    monkeypatch.setattr(loader.blend.datasets[0], "get", slow_get)
-    for _ in range(4):
-        next(loader)
-    assert loader.stats()["data_wait_s"] > fast + 0.05
-    assert loader.consumed_samples == 5 * 8
+    # The queue is empty: next() blocks until the reader has read the 8 samples of batch 4.
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(next(loader)), name="consumer")
+    consumer.start()
+    assert gate.consumer_waiting.wait(timeout=30)  # next() has read its start time
+    gate.allow(4 * 8)
+    consumer.join(timeout=30)
+    assert got and loader.stats()["data_wait_s"] == 8.0
+    assert loader.consumed_samples == 4 * 8
+    gate.allow(10**9)  # a reader that is not held by the test stops at close()
     loader.close()
     assert not thread.is_alive()
     with pytest.raises(StopIteration):
