@@ -3,7 +3,7 @@
 #   make test    install with the test tools, then run the whole test suite
 VENV ?= .venv
 
-.PHONY: train test lint test-slurm
+.PHONY: train test test-fast lint test-slurm
 train:
 	bash scripts/install.sh
 	$(VENV)/bin/nextlat-pt train
@@ -12,9 +12,13 @@ test:
 	bash scripts/install.sh --test
 	$(VENV)/bin/python -m pytest -q
 
+test-fast:  # the inner loop: unit tests only (-m "not slow"), a few minutes
+	bash scripts/install.sh --test
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
 lint:
-	$(VENV)/bin/ruff check nextlat_pt tests
+	$(VENV)/bin/ruff check nextlat_pt tests bench
 
 test-slurm:  # the real two-node Slurm cluster tests alone (root; installs slurm with apt-get)
 	bash scripts/install.sh --test
-	$(VENV)/bin/python -m pytest -q -s tests/integration/test_slurm_script.py tests/integration/test_slurm.py
+	$(VENV)/bin/python -m pytest -q -s -m slurm

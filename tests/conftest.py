@@ -1,4 +1,11 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the test tiers.
+
+Tiers (markers, set here by where a test lives so that no test file has to remember them):
+- `slow`: end-to-end runs of the real CLI (tests/integration), the multi-process layout tests
+  (tests/distributed) and the few unit tests that build a DeepSpeed engine or a subprocess;
+- `multiprocess`: launches two or more ranks (torchrun, spawned gloo worlds);
+- `slurm`: starts a real local Slurm cluster (root, apt-get).
+`make test-fast` runs `-m "not slow"` (the inner loop, a few minutes); `make test` runs all.
 
 `parallel_tp1` starts a world of one process (gloo on CPU) with megatron's parallel_state at
 TP=PP=1, once per test session: the single-process unit tests run the same code path as a
@@ -19,6 +26,34 @@ sys.path.insert(0, str(Path(__file__).parent))  # shared helpers: tests/cli_runn
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "disabled")
 warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
+
+
+# Files outside tests/distributed that launch several ranks, and unit files that are slow
+# (each over ~5 s on the 2-core CI machine: a DeepSpeed engine, a subprocess, a big corpus).
+_MULTIPROCESS_FILES = {"test_hf_export.py", "test_resume.py", "test_slurm.py",
+                       "test_tp2_run.py", "test_launch_errors.py",
+                       "test_resume_on_another_layout.py"}
+_SLOW_UNIT_FILES = {"test_local_engine.py", "test_cpu_compat.py", "test_builtin_corpus.py",
+                    "test_generate_speculative.py", "test_generate_distribution.py"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in (("slow", "end-to-end or multi-process; skipped by `make test-fast`"),
+                       ("multiprocess", "launches two or more ranks"),
+                       ("slurm", "starts a real local Slurm cluster (root)")):
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        tier = path.parent.name
+        if tier in ("integration", "distributed") or path.name in _SLOW_UNIT_FILES:
+            item.add_marker(pytest.mark.slow)
+        if tier == "distributed" or path.name in _MULTIPROCESS_FILES:
+            item.add_marker(pytest.mark.multiprocess)
+        if path.name.startswith("test_slurm"):
+            item.add_marker(pytest.mark.slurm)
 
 
 @pytest.fixture(scope="session")
