@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from nextlat_pt.config import Config
 from nextlat_pt.train.checkpoint import (
     CheckpointError,
     Restored,
+    Verdicts,
     find_latest_valid,
     is_complete,
+    list_checkpoints,
     load_checkpoint,
     verify_checksums,
 )
@@ -35,25 +38,45 @@ def _broadcast_str(value: str | None) -> str | None:
     return box[0]
 
 
-def choose_checkpoint(cfg: Config, warn: Callable[[str], None]) -> tuple[Path | None, bool]:
-    """(checkpoint to start from or None, whether it is a resume of this run)."""
-    chosen: str | None = None
-    resume = False
-    error = ""
+@dataclass
+class StartPoint:
+    """Where the run starts: `path` (None: from scratch), whether it resumes this run, and
+    whether this run's checkpoint directory held step directories none of which was usable."""
+
+    path: Path | None
+    resume: bool
+    none_usable: bool = False
+
+
+def choose_checkpoint(cfg: Config, warn: Callable[[str], None],
+                      verdicts: Verdicts | None = None) -> StartPoint:
+    """Decide on rank 0 (which alone reads and hashes the files) and tell every rank; the
+    warnings about skipped checkpoints go to `warn` on every rank (the logging rank prints).
+    `verdicts` keeps rank 0's checksum results for pruning later."""
+    decision: dict[str, Any] = {"path": None, "resume": False, "none_usable": False,
+                                "error": "", "warnings": []}
     if dist.get_rank() == 0 if dist.is_initialized() else True:
+        warnings: list[str] = decision["warnings"]
         try:
-            own = find_latest_valid(cfg.checkpoint_dir, warn) if cfg.checkpoint.resume else None
+            own = None
+            if cfg.checkpoint.resume:
+                own = find_latest_valid(cfg.checkpoint_dir, warnings.append, verdicts)
+                decision["none_usable"] = own is None and bool(
+                    list_checkpoints(cfg.checkpoint_dir))
             if own is not None:
-                chosen, resume = str(own), True
+                decision.update(path=str(own), resume=True)
             elif cfg.checkpoint.load:
-                chosen = str(_resolve_load(Path(cfg.checkpoint.load), warn))
+                decision["path"] = str(_resolve_load(Path(cfg.checkpoint.load),
+                                                     warnings.append))
         except CheckpointError as err:
-            error = str(err)
-    decision = _broadcast_str(json.dumps({"path": chosen, "resume": resume, "error": error}))
-    decided = json.loads(decision)
+            decision["error"] = str(err)
+    decided = json.loads(_broadcast_str(json.dumps(decision)))
+    for message in decided["warnings"]:
+        warn(message)
     if decided["error"]:
         raise CheckpointError(decided["error"])
-    return (Path(decided["path"]) if decided["path"] else None), decided["resume"]
+    return StartPoint(Path(decided["path"]) if decided["path"] else None, decided["resume"],
+                      decided["none_usable"])
 
 
 def _resolve_load(path: Path, warn: Callable[[str], None]) -> Path:

@@ -32,7 +32,7 @@ from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.parallel.local_engine import LocalEngine
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import AsyncSaves, save_checkpoint, step_dir_name
+from nextlat_pt.train.checkpoint import AsyncSaves, Retention, save_checkpoint, step_dir_name
 from nextlat_pt.train.plot import plot_losses
 from nextlat_pt.train.preemption import (
     PREEMPTED_EXIT_CODE,
@@ -162,7 +162,12 @@ def run_training(cfg: Config) -> dict[str, Any]:
     models = [chunk.model for chunk in chunks]
 
     # --- where to start: fresh, our own newest checkpoint, or checkpoint.load ---
-    ckpt, resumed = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"))
+    retention = Retention(cfg.checkpoint_dir, cfg.checkpoint.keep)
+    chosen = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"),
+                               verdicts=retention.verdicts)
+    ckpt, resumed = chosen.path, chosen.resume
+    if chosen.none_usable and ckpt is None:
+        log(f"no usable checkpoint in {cfg.checkpoint_dir}: starting from step 0")
     start = TrainState()
     wandb_id = None
     if ckpt is not None:
@@ -182,6 +187,9 @@ def run_training(cfg: Config) -> dict[str, Any]:
             log(f"warning: the training data differs from the data of {ckpt} (another "
                 f"data.train or re-prepared shards); the sample order continues by position "
                 f"over the new data")
+    # Checkpoints on disk newer than where this run starts are what a relaunch skipped (or
+    # another run's): pruning never deletes them.
+    retention.protect_newer_than(start.step)
     if layout.is_logging_rank:
         resume_metrics(run_dir / "metrics.jsonl", start.step)
     if layout.rank == 0:
@@ -268,7 +276,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
 
     def checkpoint(trainer: Trainer, wait: bool = False) -> Path:
         path = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer),
-                               async_saves)
+                               async_saves, retention)
         saved_steps.add(trainer.state.step)
         if wait and async_saves is not None:
             async_saves.wait()

@@ -193,3 +193,36 @@ def test_async_save_writes_the_same_checkpoints_as_sync(tmp_path, corpus_cache):
             digests = {hashlib.sha256((runs[m] / step / rel).read_bytes()).hexdigest()
                        for m in runs}
             assert len(digests) == 1, f"{step}/{rel} differs between sync and async"
+
+
+def _flip_a_byte(ckpt: Path) -> None:
+    """Corrupt a checkpoint the way bit rot does: one byte of its largest weights file."""
+    blob = max((p for p in (ckpt / "model").iterdir() if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+def test_relaunch_past_corrupt_checkpoints_keeps_what_it_writes(tmp_path, corpus_cache):
+    """With every kept checkpoint corrupt, a relaunch starts over in one line and its own new
+    checkpoints survive pruning (the corrupt ones fill `checkpoint.keep` no more); `latest`
+    names the newest of them and the next relaunch resumes from it."""
+    run_dir = tmp_path / "run"
+    run_cli(_args(run_dir, corpus_cache, ["train.max_steps=20", "checkpoint.interval=5"]))
+    root = run_dir / "checkpoints"
+    corrupt = ["step_0000010", "step_0000015", "step_0000020"]
+    assert sorted(p.name for p in root.glob("step_*")) == corrupt
+    for name in corrupt:
+        _flip_a_byte(root / name)
+
+    short = _args(run_dir, corpus_cache, ["train.max_steps=7", "checkpoint.interval=5"])
+    out = run_cli(short).stdout
+    assert f"no usable checkpoint in {root}: starting from step 0" in out
+    assert sum("fails its checksum" in line for line in out.splitlines()) == 3
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000005", "step_0000007",
+                                                            *corrupt]
+    assert (root / "latest").read_text().strip() == "step_0000007"
+    assert (root / "step_0000007" / "COMPLETE").exists()
+    again = run_cli(short).stdout
+    assert "resuming from" in again and "step_0000007" in again

@@ -13,6 +13,7 @@ from nextlat_pt.config import Config
 from nextlat_pt.train import ckpt_tool
 from nextlat_pt.train.checkpoint import (
     CheckpointError,
+    Retention,
     _finalize,
     find_latest_valid,
     prune,
@@ -87,6 +88,96 @@ def test_prune_keeps_the_newest(tmp_path):
         _make(tmp_path, step)
     prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000006", "step_0000008"]
+
+
+def _corrupt(ckpt: Path) -> None:
+    blob = ckpt / "model" / "weights.bin"
+    data = bytearray(blob.read_bytes())
+    data[7] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+def _names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("step_*"))
+
+
+def test_corrupt_checkpoints_do_not_count_toward_keep(tmp_path):
+    """Three corrupt checkpoints (with markers) must not push out the only two good ones."""
+    for step in (5, 7, 10, 15, 20):
+        _make(tmp_path, step)
+    for step in (10, 15, 20):
+        _corrupt(tmp_path / f"step_{step:07d}")
+    (tmp_path / "latest").write_text("step_0000007\n")
+    prune(tmp_path, keep=3)
+    assert _names(tmp_path) == ["step_0000005", "step_0000007", "step_0000010",
+                                "step_0000015", "step_0000020"]
+
+
+def test_a_relaunch_past_corrupt_checkpoints_keeps_what_it_writes(tmp_path):
+    """The issue's sequence: 10, 15, 20 corrupt, a relaunch from scratch writes 5 and 7. Both
+    stay, `latest` names 7, the corrupt ones newer than the start are left for a human."""
+    for step in (10, 15, 20):
+        _corrupt(_make(tmp_path, step))
+    retention = Retention(tmp_path, keep=3)
+    assert find_latest_valid(tmp_path, lambda _: None, retention.verdicts) is None
+    retention.protect_newer_than(0)
+    for step in (5, 7):
+        retention.after_save(_make(tmp_path, step))
+    assert _names(tmp_path) == ["step_0000005", "step_0000007", "step_0000010",
+                                "step_0000015", "step_0000020"]
+    assert (tmp_path / "latest").read_text().strip() == "step_0000007"
+    assert find_latest_valid(tmp_path, lambda _: None).name == "step_0000007"
+
+
+def test_pruning_deletes_beyond_keep_good_ones_but_never_newer_or_protected(tmp_path):
+    for step in (1, 2, 3):
+        _make(tmp_path, step)
+    _corrupt(tmp_path / "step_0000002")
+    _make(tmp_path, 4, complete=False)  # a stale interrupted save
+    _corrupt(_make(tmp_path, 30))  # newer than the start: a relaunch skipped it
+    retention = Retention(tmp_path, keep=2)
+    retention.protect_newer_than(3)
+    for step in (5, 6):
+        retention.after_save(_make(tmp_path, step))
+    # good ones: 6, 5 (keep=2); older ones go, corrupt or not; 30 is protected
+    assert _names(tmp_path) == ["step_0000005", "step_0000006", "step_0000030"]
+    assert (tmp_path / "latest").read_text().strip() == "step_0000006"
+
+
+def test_pruning_never_deletes_what_latest_names(tmp_path):
+    for step in (1, 2, 3, 4):
+        _make(tmp_path, step)
+    (tmp_path / "latest").write_text("step_0000001\n")
+    prune(tmp_path, keep=2)
+    assert _names(tmp_path) == ["step_0000001", "step_0000003", "step_0000004"]
+
+
+def test_each_checkpoint_is_hashed_at_most_once_per_run(tmp_path, monkeypatch):
+    from nextlat_pt.train import checkpoint
+
+    hashed: list[str] = []
+    real = checkpoint.verify_checksums
+    monkeypatch.setattr(checkpoint, "verify_checksums",
+                        lambda ckpt: (hashed.append(ckpt.name), real(ckpt))[1])
+    for step in (2, 4):
+        _make(tmp_path, step)
+    retention = Retention(tmp_path, keep=3)
+    assert find_latest_valid(tmp_path, lambda _: None, retention.verdicts).name == "step_0000004"
+    for step in (6, 8, 10):
+        retention.after_save(_make(tmp_path, step))
+    # 4 at resume, 2 once to fill `keep` while it was needed; what this run wrote never
+    assert hashed == ["step_0000004", "step_0000002"]
+    assert _names(tmp_path) == ["step_0000006", "step_0000008", "step_0000010"]
+
+
+def test_a_garbage_or_dangling_latest_is_reported(tmp_path):
+    _make(tmp_path, 2)
+    for content, expected in (("step_0000009\n", "names step_0000009, which does not exist"),
+                              ("\x00garbage", "not a checkpoint name")):
+        (tmp_path / "latest").write_text(content)
+        warnings: list[str] = []
+        assert find_latest_valid(tmp_path, warnings.append).name == "step_0000002"
+        assert len(warnings) == 1 and expected in warnings[0], warnings
 
 
 def test_ckpt_list_and_inspect(tmp_path, capsys):
