@@ -38,6 +38,7 @@ from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 from nextlat_pt.config import Config, save_config
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
+from nextlat_pt.train import helper_processes
 from nextlat_pt.train.build import compute_dtype
 
 MARKER = "COMPLETE"
@@ -112,10 +113,11 @@ def model_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGTERM/SIGUSR1 while checkpoint writers start: dist_checkpointing spawns a
-    helper process that inherits the mask, so a signal sent to every process of the job (a
-    Slurm step signal, scancel) cannot kill the writer mid-save. The signal is delivered to
-    this process (and recorded by the preemption watcher) when the block ends."""
+    """Hold SIGTERM/SIGUSR1 while checkpoint writers start, so a signal sent to every process
+    of the job (a Slurm step signal, scancel) cannot reach a writer between its fork and the
+    moment it ignores stop signals and unblocks them (`helper_processes.die_with_parent`).
+    The signal is delivered to this process (and recorded by the preemption watcher) when
+    the block ends."""
     held = {signal.SIGTERM, signal.SIGUSR1}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
@@ -173,6 +175,7 @@ def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: in
             f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
         )
     check_metadata_is_plain(ckpt / "model" / ".metadata")
+    helper_processes.install()
     with signals_deferred(), _full_parameters(models, zero_stage, modify=True):
         try:
             state = dist_checkpointing.load(model_sharded_state_dict(models),
@@ -233,6 +236,8 @@ def _safe_load(path: Path) -> Any:
 
 def _write_files(files: dict[str, Any]) -> None:
     """Write {path: object} with torch.save (runs in a forked writer when saving async)."""
+    # Fault injection for the kill-during-save tests: a writer still at work.
+    time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_WRITE_DELAY", "0")))
     for path, obj in files.items():
         torch.save(obj, path)
 
@@ -280,6 +285,7 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, ste
     Collective: every rank must call it. `retention` decides what pruning may delete (rank 0;
     default: `checkpoint.keep` with nothing protected).
     """
+    helper_processes.install()  # the writers and the Manager below die with this process
     root = cfg.checkpoint_dir
     final = root / step_dir_name(step)
     tmp = root / (step_dir_name(step) + ".tmp")
