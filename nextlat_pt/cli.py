@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from nextlat_pt.config import ConfigError, load_config, validate
+from nextlat_pt.config import ConfigError, check_paths, load_config, validate
 
 
 def _quiet_imports() -> None:
@@ -32,6 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config_path, overrides)
         validate(cfg)
+        check_paths(cfg)
     except ConfigError as err:
         print(f"nextlat-pt: config error: {err}", file=sys.stderr)
         return 2

@@ -550,3 +550,51 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"train.decay_steps={t.decay_steps} must lie in [1, max_steps - warmup_steps = "
             f"{t.max_steps - t.warmup_steps}] for train.lr_schedule=wsd"
         )
+
+
+def check_paths(cfg: Config) -> None:
+    """Raise ConfigError for a path key that names nothing usable, before anything heavy is
+    imported: `data.train`, `data.valid`, `data.tokenizer`, `checkpoint.load`."""
+    for i, source in enumerate(cfg.data.train):
+        _check_dataset_dir(f"data.train[{i}].path", source["path"])
+    if cfg.data.valid:
+        _check_dataset_dir("data.valid", cfg.data.valid)
+    if cfg.data.tokenizer:
+        path = Path(cfg.data.tokenizer)
+        if not path.exists():
+            raise ConfigError(
+                f"data.tokenizer={cfg.data.tokenizer} does not exist; set it to the "
+                f"tokenizer.model (or its directory) the data was prepared with, or leave it "
+                f"empty to use the one prepare-data stored with the first dataset")
+        if path.is_dir() and not (path / "tokenizer.model").is_file():
+            raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} is a directory without "
+                              f"tokenizer.model; point at the .model file itself")
+    if cfg.checkpoint.load and not Path(cfg.checkpoint.load).exists():
+        raise ConfigError(f"checkpoint.load={cfg.checkpoint.load} does not exist; give a run "
+                          f"directory, its checkpoints directory or one step_N directory")
+
+
+def _check_dataset_dir(key: str, value: str) -> None:
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key}={value} does not exist; run `nextlat-pt prepare-data ... "
+                          f"--output {value}` or fix the path")
+    if not path.is_dir():
+        raise ConfigError(f"{key}={value} is a file; give the directory `nextlat-pt "
+                          f"prepare-data --output` wrote (or its train/valid split)")
+
+
+def weight_shape(cfg: Config) -> dict[str, Any]:
+    """The resolved settings that fix the shapes of the saved weights: a checkpoint loads only
+    into a model that agrees on all of them (ψ's width only when both have ψ)."""
+    shape = {
+        "model.num_layers": cfg.model.num_layers,
+        "model.hidden_size": cfg.model.hidden_size,
+        "model.num_heads": cfg.model.num_heads,
+        "model.num_query_groups": cfg.num_query_groups,
+        "model.ffn_hidden_size": cfg.ffn_hidden_size,
+        "model.tie_embeddings": cfg.model.tie_embeddings,
+    }
+    if cfg.uses_psi:
+        shape["nextlat.psi_width"] = cfg.psi_width
+    return shape

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException as DcpCheckpointException
 
 from nextlat_pt.config import Config, save_config
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
@@ -168,6 +169,17 @@ def check_metadata_is_plain(path: Path) -> None:
         _MetadataUnpickler(f).load()
 
 
+def _first_line(err: BaseException) -> str:
+    """The gist of a loader error: torch.distributed.checkpoint wraps each rank's exception
+    (with its traceback) in one whose own text only lists the ranks."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        err = inner[0] if isinstance(inner, tuple) else inner
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
 def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: int = 1) -> None:
     """Load weights saved with any TP/PP layout into `models` (this process's layout)."""
     if not is_complete(ckpt):
@@ -180,12 +192,13 @@ def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: in
         try:
             state = dist_checkpointing.load(model_sharded_state_dict(models),
                                             str(ckpt / "model"))
-        except Exception as err:  # megatron's messages run to many lines
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        # torch.distributed.checkpoint's error derives from BaseException, not Exception;
+        # megatron's messages run to many lines
+        except (Exception, DcpCheckpointException) as err:
             raise CheckpointError(
-                f"{ckpt}: its weights do not fit this model ({type(err).__name__}: "
-                f"{first[:200]}); the model config differs from the checkpoint's, compare "
-                f"with `nextlat-pt ckpt inspect {ckpt} CONFIG`") from err
+                f"{ckpt}: its weights do not fit this model ({_first_line(err)}); the model "
+                f"config differs from the checkpoint's, compare with `nextlat-pt ckpt "
+                f"inspect {ckpt} CONFIG`") from err
         per_model = [state] if len(models) == 1 else [state[f"model{i}"]
                                                       for i in range(len(models))]
         for model, model_state in zip(models, per_model):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from nextlat_pt.config import Config
+from nextlat_pt.config import Config, ConfigError, load_config, weight_shape
 from nextlat_pt.train.checkpoint import (
     CheckpointError,
     Restored,
@@ -104,8 +104,27 @@ def restore(cfg: Config, ckpt: Path, resume: bool, models: list, engine: Any,
         raise CheckpointError(
             f"{ckpt} was trained with tokenizer {saved[:12]}…, this run uses "
             f"{tokenizer_fingerprint[:12]}…; use the same data.tokenizer (or start fresh)")
+    check_same_model(cfg, ckpt, resume)
     weights_only = cfg.checkpoint.load_weights_only and not resume
     return load_checkpoint(ckpt, cfg, models, engine, weights_only=weights_only)
+
+
+def check_same_model(cfg: Config, ckpt: Path, resume: bool) -> None:
+    """Refuse, in one line naming the keys, a checkpoint whose weights have other shapes than
+    this run's model (found before megatron's loader fails with a page of shape errors)."""
+    try:
+        saved = weight_shape(load_config(ckpt / "config.yaml"))
+    except (ConfigError, OSError):
+        return  # no readable config: the loader's own check decides
+    ours = weight_shape(cfg)
+    differ = [key for key in ours if key in saved and saved[key] != ours[key]]
+    if not differ:
+        return
+    what = "; ".join(f"{key} is {saved[key]} there, {ours[key]} here" for key in differ)
+    fix = f"use the checkpoint's values ({' '.join(f'{k}={saved[k]}' for k in differ)})"
+    if resume:
+        fix += " to resume it, or start another run (a new run.dir, or checkpoint.resume=false)"
+    raise CheckpointError(f"{ckpt} holds another model: {what}; {fix}")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

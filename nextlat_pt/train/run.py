@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from nextlat_pt.config import Config, save_config, validate
+from nextlat_pt.config import Config, check_paths, save_config, validate
 from nextlat_pt.data.builtin_corpus import prepare_builtin_shards
 from nextlat_pt.data.dataset import open_dataset, resolve_dataset_dir
 from nextlat_pt.data.errors import DataError
@@ -141,6 +141,7 @@ def _validation(plan: DataPlan, cfg: Config, device: torch.device):
 def run_training(cfg: Config) -> dict[str, Any]:
     """Train the model `cfg` describes; returns the summary (final losses, entropy, paths)."""
     validate(cfg)
+    check_paths(cfg)
     # Record stop requests from the very start (loading a large checkpoint takes minutes).
     watcher = PreemptionWatcher(cfg.train.exit_duration_mins)
     layout = distributed.initialize(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp or None,
