@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from nextlat_pt.config import ConfigError, check_paths, load_config, validate
+from nextlat_pt.launch_env import report_error
 
 
 def _quiet_imports() -> None:
@@ -34,7 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         validate(cfg)
         check_paths(cfg)
     except ConfigError as err:
-        print(f"nextlat-pt: config error: {err}", file=sys.stderr)
+        report_error(f"nextlat-pt: config error: {err}")
         return 2
     _quiet_imports()
     from nextlat_pt.data.errors import DataError
@@ -43,8 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     try:
         return train_main(cfg)
-    except (DataError, CheckpointError) as err:
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
+    except (DataError, CheckpointError, ConfigError) as err:
+        report_error(f"nextlat-pt: error: {err}")
         return 2
 
 
