@@ -146,10 +146,12 @@ def resolve_tokenizer(ckpt: NextLatCheckpoint, override: str | Path | None) -> T
         path = Path(override)
         path = path / "tokenizer.model" if path.is_dir() else path
     else:
-        path = Path(recorded.get("path") or "")
-        if not path.is_file():
-            raise ConvertError(f"the checkpoint's tokenizer {path} is gone; pass --tokenizer "
-                               f"PATH (the tokenizer.model it was trained with)")
+        found = ckpt.tokenizer_file()
+        if found is None:
+            raise ConvertError(f"{ckpt.path} holds no tokenizer.model and the one it recorded "
+                               f"({recorded.get('path')}) is gone; pass --tokenizer PATH (the "
+                               f"tokenizer.model it was trained with)")
+        path = found
     if not path.is_file():
         raise ConvertError(f"tokenizer {path} not found")
     tokenizer = Tokenizer.load(path)
@@ -248,6 +250,19 @@ def _generation_config(shape: LlamaShape):
                             max_length=shape.max_position_embeddings)
 
 
+def _resolved_data(ckpt: NextLatCheckpoint) -> dict[str, Any] | None:
+    """The trainer state's data record with its paths made absolute where they still exist
+    (`eval` on the export reads the validation split from here)."""
+    data = ckpt.state.get("data")
+    if not data:
+        return data
+    valid = ckpt.recorded_path(data.get("valid"))
+    sources = [dict(s, path=str((ckpt.recorded_path(s.get("path")) or Path(s["path"]))
+                               .resolve())) for s in data.get("sources") or []]
+    return dict(data, sources=sources,
+                valid=str(valid.resolve()) if valid is not None else data.get("valid"))
+
+
 def _export_info(ckpt: NextLatCheckpoint, shape: LlamaShape, num_parameters: int,
                  sp: Tokenizer) -> dict[str, Any]:
     """Provenance, read back by `convert --to nextlat` and `eval`."""
@@ -264,7 +279,7 @@ def _export_info(ckpt: NextLatCheckpoint, shape: LlamaShape, num_parameters: int
         "last_metrics": final_metrics(ckpt),
         "tokenizer": {"fingerprint": sp.fingerprint, "vocab_size": sp.vocab_size,
                       "file": "tokenizer.model"},
-        "data": state.get("data"),
+        "data": _resolved_data(ckpt),
         "shape": asdict(shape),
         "num_parameters": num_parameters,
         "training_config": ckpt.config.to_dict(),

@@ -4,8 +4,10 @@
         model/                       megatron dist_checkpointing (reshardable across TP/PP)
         optim/tp00_pp00_dp000.pt     each rank's DeepSpeed (ZeRO-partitioned) optimizer state
         rng/rank_00000.pt            each rank's torch and megatron-tracker RNG states
-        trainer_state.json           step, consumed samples, layout, tokenizer, data, wandb id
+        trainer_state.json           step, consumed samples, layout, tokenizer, data (absolute
+                                     paths), wandb id
         config.yaml                  the resolved run config
+        tokenizer.model              a copy of the run's tokenizer (the checkpoint stands alone)
         COMPLETE                     written last: the sha256 of every other file
     <checkpoint.dir>/latest          the name of the newest complete checkpoint (atomic)
 
@@ -44,6 +46,7 @@ from nextlat_pt.train.build import compute_dtype
 
 MARKER = "COMPLETE"
 LATEST = "latest"
+CHECKPOINT_TOKENIZER = "tokenizer.model"  # a copy of the run's tokenizer, in every checkpoint
 FORMAT_VERSION = 1
 
 
@@ -319,6 +322,9 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, ste
         if rank == 0:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             save_config(cfg, tmp / "config.yaml")
+            tokenizer = (state.get("tokenizer") or {}).get("path")
+            if tokenizer and Path(tokenizer).is_file():  # checksummed with the rest
+                shutil.copyfile(tokenizer, tmp / CHECKPOINT_TOKENIZER)
             # Fault injection for the kill-during-save test: a window in which everything
             # but the marker is on disk.
             time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_SAVE_DELAY", "0")))

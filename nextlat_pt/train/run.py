@@ -32,7 +32,13 @@ from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.parallel.local_engine import LocalEngine
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import AsyncSaves, Retention, save_checkpoint, step_dir_name
+from nextlat_pt.train.checkpoint import (
+    CHECKPOINT_TOKENIZER,
+    AsyncSaves,
+    Retention,
+    save_checkpoint,
+    step_dir_name,
+)
 from nextlat_pt.train.plot import plot_losses
 from nextlat_pt.train.preemption import (
     PREEMPTED_EXIT_CODE,
@@ -263,9 +269,14 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "step": trainer.state.step,
             "consumed_samples": trainer.state.consumed_samples,
             "tokens_seen": trainer.state.tokens_seen,
-            "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
+            # Absolute paths, and a copy of the tokenizer in the checkpoint itself: `generate`,
+            # `convert` and `eval` run from other directories (a Slurm job, a later session).
+            "tokenizer": {"path": str(Path(tokenizer.model_path).resolve()),
+                          "file": CHECKPOINT_TOKENIZER, "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size},
-            "data": {"sources": plan.sources, "valid": str(plan.valid) if plan.valid else None,
+            "data": {"sources": [dict(s, path=str(Path(s["path"]).resolve()))
+                                 for s in plan.sources],
+                     "valid": str(plan.valid.resolve()) if plan.valid else None,
                      "seq_len": cfg.model.seq_len, "fingerprint": data_fingerprint(plan.sources)},
             "wandb_id": wandb_id,
             "last_metrics": from_logging_rank(trainer.state.last_metrics),

@@ -224,3 +224,25 @@ def test_checkpoint_metadata_pickle_may_name_only_storage_classes(tmp_path):
                                     "chunk": ChunkStorageMetadata(torch.Size([0]),
                                                                   torch.Size([2]))}))
     check_metadata_is_plain(plain)
+
+
+def test_older_checkpoints_with_relative_paths_are_resolved_from_where_they_sit(tmp_path):
+    """Before checkpoints held a tokenizer copy and absolute paths, they recorded paths
+    relative to where training ran: found again from the checkpoint's own location."""
+    from nextlat_pt.config import load_config
+    from nextlat_pt.convert.source import NextLatCheckpoint
+
+    where_it_ran = tmp_path / "project"
+    step = where_it_ran / "runs" / "t" / "checkpoints" / "step_0000002"
+    step.mkdir(parents=True)
+    (where_it_ran / "data" / "tok").mkdir(parents=True)
+    (where_it_ran / "data" / "tok" / "tokenizer.model").write_bytes(b"sp")
+    (where_it_ran / "data" / "valid").mkdir()
+    state = {"tokenizer": {"path": "data/tok/tokenizer.model", "vocab_size": 8},
+             "data": {"valid": "data/valid"}}
+    ckpt = NextLatCheckpoint(step, load_config(None, ["run.dir=runs/t"]), state)
+    assert ckpt.tokenizer_file() == where_it_ran / "data" / "tok" / "tokenizer.model"
+    assert ckpt.recorded_path("data/valid") == where_it_ran / "data" / "valid"
+    assert ckpt.recorded_path("data/gone") is None
+    (step / "tokenizer.model").write_bytes(b"copy")  # a newer checkpoint's own copy wins
+    assert ckpt.tokenizer_file() == step / "tokenizer.model"
