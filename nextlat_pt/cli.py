@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from nextlat_pt.config import ConfigError, check_paths, load_config, validate
-from nextlat_pt.launch_env import report_error
+from nextlat_pt.launch_env import INTERRUPTED_EXIT_CODE, report_error
 
 
 def _quiet_imports() -> None:
@@ -47,6 +47,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (DataError, CheckpointError, ConfigError) as err:
         report_error(f"nextlat-pt: error: {err}")
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves), or one at start-up
+        pointer = cfg.checkpoint_dir / "latest"
+        latest = pointer.read_text().strip() if pointer.is_file() else ""
+        where = (f"the newest checkpoint is {cfg.checkpoint_dir / latest}; relaunch the same "
+                 f"command to resume from it" if latest else "no checkpoint yet")
+        report_error(f"nextlat-pt: interrupted: stopped without saving; {where}")
+        return INTERRUPTED_EXIT_CODE
 
 
 def _cmd_train_tokenizer(args: argparse.Namespace) -> int:

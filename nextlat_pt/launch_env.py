@@ -8,6 +8,8 @@ import signal
 import sys
 import time
 
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
+
 # How long a rank other than 0 waits before printing an error: long enough for a launcher
 # that saw rank 0 fail to stop it (torchrun checks its workers every 0.1 s by default).
 REPORT_GRACE_S = 5.0

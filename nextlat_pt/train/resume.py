@@ -127,6 +127,28 @@ def check_same_model(cfg: Config, ckpt: Path, resume: bool) -> None:
     raise CheckpointError(f"{ckpt} holds another model: {what}; {fix}")
 
 
+def schedule_changes(cfg: Config, ckpt: Path, step: int) -> str:
+    """"" when this run's learning-rate schedule is the checkpoint's, else one line naming
+    the keys that differ and what the rate of the next step becomes under each."""
+    from nextlat_pt.train.optim import lr_at
+
+    try:
+        saved = load_config(ckpt / "config.yaml").train
+    except (ConfigError, OSError):
+        return ""
+    ours = cfg.train
+    keys = ["max_steps", "lr", "min_lr", "lr_schedule", "warmup_steps"]
+    if "wsd" in (saved.lr_schedule, ours.lr_schedule):
+        keys.append("decay_steps")
+    differ = [k for k in keys if getattr(saved, k) != getattr(ours, k)]
+    if not differ:
+        return ""
+    changes = ", ".join(f"train.{k} {getattr(saved, k)} -> {getattr(ours, k)}" for k in differ)
+    return (f"the learning-rate schedule differs from {ckpt.name}'s ({changes}): step "
+            f"{step + 1} trains at lr {lr_at(step + 1, ours):.3g}, where the checkpoint's "
+            f"schedule gives {lr_at(step + 1, saved):.3g}")
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop records logged after `step` (by a run killed after its last checkpoint), so the
     resumed run's metrics.jsonl reads as if it had never stopped."""

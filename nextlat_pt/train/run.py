@@ -36,6 +36,7 @@ from nextlat_pt.train.checkpoint import (
     CHECKPOINT_TOKENIZER,
     AsyncSaves,
     Retention,
+    read_trainer_state,
     save_checkpoint,
     step_dir_name,
 )
@@ -45,7 +46,7 @@ from nextlat_pt.train.preemption import (
     PREEMPTED_MARKER,
     PreemptionWatcher,
 )
-from nextlat_pt.train.resume import choose_checkpoint, restore
+from nextlat_pt.train.resume import choose_checkpoint, restore, schedule_changes
 from nextlat_pt.train.resume import truncate_metrics as resume_metrics
 from nextlat_pt.train.step import MicroBatch
 from nextlat_pt.train.trainer import Trainer, TrainState
@@ -157,6 +158,26 @@ def run_training(cfg: Config) -> dict[str, Any]:
     run_dir = cfg.run_dir
     if layout.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- where to start: fresh, our own newest checkpoint, or checkpoint.load ---
+    retention = Retention(cfg.checkpoint_dir, cfg.checkpoint.keep)
+    chosen = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"),
+                               verdicts=retention.verdicts)
+    ckpt, resumed = chosen.path, chosen.resume
+    if chosen.none_usable and ckpt is None:
+        log(f"no usable checkpoint in {cfg.checkpoint_dir}: starting from step 0")
+    if resumed:
+        done = read_trainer_state(ckpt)["step"]
+        if done >= cfg.train.max_steps:
+            log(f"{run_dir} is already at step {done} ({ckpt.name}), train.max_steps="
+                f"{cfg.train.max_steps}: nothing to do; raise train.max_steps to train on")
+            watcher.restore()
+            return {"final_step": done, "stopped": False, "nothing_to_do": True,
+                    "val_ce": float("nan"), "checkpoint": str(ckpt), "run_dir": str(run_dir)}
+        changes = schedule_changes(cfg, ckpt, done)
+        if changes:
+            log(f"note: {changes}")
+    if layout.rank == 0:
         save_config(cfg, run_dir / "config.yaml")
 
     # --- data (checked before anything trains: paths, seq_len, tokenizer fingerprint) ---
@@ -168,13 +189,6 @@ def run_training(cfg: Config) -> dict[str, Any]:
     chunks, engine = build_training(cfg, tokenizer.vocab_size, device)
     models = [chunk.model for chunk in chunks]
 
-    # --- where to start: fresh, our own newest checkpoint, or checkpoint.load ---
-    retention = Retention(cfg.checkpoint_dir, cfg.checkpoint.keep)
-    chosen = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"),
-                               verdicts=retention.verdicts)
-    ckpt, resumed = chosen.path, chosen.resume
-    if chosen.none_usable and ckpt is None:
-        log(f"no usable checkpoint in {cfg.checkpoint_dir}: starting from step 0")
     start = TrainState()
     wandb_id = None
     if ckpt is not None:
@@ -317,18 +331,27 @@ def run_training(cfg: Config) -> dict[str, Any]:
     finally:
         loader.close()
     if summary["stopped"]:
-        path = checkpoint(trainer, wait=True) if trainer.state.step not in saved_steps else None
+        step = trainer.state.step
+        saved = step in saved_steps
+        again = " (Ctrl-C again stops without saving)" if not watcher.preempted else ""
+        log(f"stopping at step {step} on {watcher.reason}"
+            + ("" if saved else f": saving {cfg.checkpoint_dir / step_dir_name(step)}{again}"))
+        path = (cfg.checkpoint_dir / step_dir_name(step) if saved
+                else checkpoint(trainer, wait=True))
         if async_saves is not None:
             async_saves.wait()
-        log(f"stopping at step {trainer.state.step} on {watcher.reason}: checkpoint "
-            f"{path or 'already saved'}; exit code {PREEMPTED_EXIT_CODE} (relaunch to resume)")
-        if layout.rank == 0:
+        watcher.saved = True
+        log(f"checkpoint {path}; exit code {watcher.exit_code} (relaunch the same command to "
+            f"resume)")
+        if layout.rank == 0 and watcher.preempted:
             # Launchers that hide the workers' exit code (torchrun) can test for this file.
-            (run_dir / PREEMPTED_MARKER).write_text(f"{trainer.state.step}\n")
+            (run_dir / PREEMPTED_MARKER).write_text(f"{step}\n")
         if dist.is_initialized():
             dist.barrier()  # no rank exits (and gets the job torn down) before the marker
-        summary.update(checkpoint=str(path), run_dir=str(run_dir))
+        summary.update(checkpoint=str(path), run_dir=str(run_dir),
+                       exit_code=watcher.exit_code)
         trainer.close(summary)
+        _plot(cfg, layout)
         watcher.restore()
         return summary
 
@@ -341,12 +364,12 @@ def run_training(cfg: Config) -> dict[str, Any]:
              else cfg.checkpoint_dir / step_dir_name(trainer.state.step))
     if async_saves is not None:
         async_saves.wait()
+    watcher.saved = True
     entropy = plan.unigram_entropy
     summary.update(unigram_entropy=entropy, checkpoint=str(final), run_dir=str(run_dir))
     trainer.close(summary)
+    _plot(cfg, layout)
     if layout.is_logging_rank:
-        if cfg.logging.plot:
-            plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=cfg.run.name)
         val_ce = summary["val_ce"]
         if math.isnan(val_ce):
             log("no validation data: no final validation CE")
@@ -362,13 +385,22 @@ def run_training(cfg: Config) -> dict[str, Any]:
     return summary
 
 
+def _plot(cfg: Config, layout: distributed.ParallelLayout) -> None:
+    """loss.png from metrics.jsonl (the logging rank), on every orderly exit."""
+    metrics = cfg.run_dir / "metrics.jsonl"
+    if layout.is_logging_rank and cfg.logging.plot and metrics.is_file():
+        plot_losses(metrics, cfg.run_dir / "loss.png", title=cfg.run.name)
+
+
 def main(cfg: Config) -> int:
     """Entry for the CLI: run, then tear the process groups down. Exit code 0 when training
-    finished, PREEMPTED_EXIT_CODE (75) when it stopped early with a checkpoint to resume."""
+    finished (or had nothing to do), PREEMPTED_EXIT_CODE (75) when a stop request or the
+    time budget ended it early, INTERRUPTED_EXIT_CODE (130) after Ctrl-C; both with a
+    checkpoint to resume from."""
     try:
         summary = run_training(cfg)
     finally:
         distributed.destroy()
         sys.stdout.flush()
-    return PREEMPTED_EXIT_CODE if summary.get("stopped") else 0
+    return summary.get("exit_code", PREEMPTED_EXIT_CODE) if summary.get("stopped") else 0
 

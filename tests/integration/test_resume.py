@@ -226,3 +226,35 @@ def test_relaunch_past_corrupt_checkpoints_keeps_what_it_writes(tmp_path, corpus
     assert (root / "step_0000007" / "COMPLETE").exists()
     again = run_cli(short).stdout
     assert "resuming from" in again and "step_0000007" in again
+
+
+def test_ctrl_c_saves_and_exits_130_then_relaunches_say_what_they_do(tmp_path, corpus_cache):
+    """Ctrl-C (SIGINT to the whole foreground group) saves at the next step boundary, says
+    where, writes loss.png and exits 130 without a traceback; a relaunch at train.max_steps
+    has nothing to do and says so; one with more steps names the schedule keys that changed."""
+    run_dir = tmp_path / "run"
+    log = tmp_path / "ctrl_c.log"
+    args = _args(run_dir, corpus_cache, ["train.max_steps=400", "checkpoint.interval=0",
+                                         "logging.plot=true"])
+    proc = start_cli(args, log=log)
+    metrics = run_dir / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(read_jsonl(metrics)) >= 2, 240, "training",
+              proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=240) == 130
+    out = log.read_text()
+    step = int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert f"stopping at step {step} on an interrupt (Ctrl-C" in out
+    assert f"checkpoint {run_dir / 'checkpoints' / f'step_{step:07d}'}; exit code 130" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert (run_dir / "loss.png").is_file() and not (run_dir / "PREEMPTED").exists()
+
+    done = run_cli(_args(run_dir, corpus_cache, [f"train.max_steps={step}"]))
+    assert f"is already at step {step} (step_{step:07d}), train.max_steps={step}: nothing " \
+           f"to do" in done.stdout
+    assert "validation" not in done.stdout
+
+    more = run_cli(_args(run_dir, corpus_cache, [f"train.max_steps={step + 2}",
+                                                 "checkpoint.interval=0"]))
+    assert f"train.max_steps 400 -> {step + 2}" in more.stdout
+    assert [r["step"] for r in read_jsonl(metrics) if "loss" in r][-1] == step + 2
