@@ -200,6 +200,41 @@ def test_ckpt_list_and_inspect(tmp_path, capsys):
     assert "not a checkpoint step directory" in capsys.readouterr().err
 
 
+def test_ckpt_list_verify_fails_on_a_corrupt_checkpoint_and_says_what_a_resume_uses(
+        tmp_path, capsys):
+    root = tmp_path / "run" / "checkpoints"
+    for step in (2, 4):
+        _make(root, step)
+    assert ckpt_tool.main(["list", str(root.parent), "--verify"]) == 0  # the control
+    assert "a relaunch would resume from step_0000004" in capsys.readouterr().out
+    _corrupt(root / "step_0000004")
+    _make(root, 6, complete=False)
+    assert ckpt_tool.main(["list", str(root.parent), "--verify"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    table = out[1:4]
+    assert len(table) == 3
+    # aligned: every row's name column starts where the header's does
+    name_at = out[0].index("name")
+    assert all(line.index("step_000000") == name_at for line in table), out
+    row4 = next(line for line in table if "step_0000004" in line)
+    assert " corrupt " in row4 and "<- latest" in row4
+    assert "step_0000004: model/weights.bin fails its checksum" in out
+    assert out[-1] == ("a relaunch would resume from step_0000002 (latest names "
+                       "step_0000004, which it skips)")
+    # without --verify nothing is hashed, and the answer says so
+    assert ckpt_tool.main(["list", str(root.parent)]) == 0
+    assert "if its checksums pass (check with --verify)" in capsys.readouterr().out
+
+
+def test_ckpt_help_lists_its_subcommands(capsys):
+    assert ckpt_tool.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "list" in out and "inspect" in out and "--verify" in out
+    assert ckpt_tool.main([]) == 2
+    assert ckpt_tool.main(["lst"]) == 2
+    assert "ckpt knows list and inspect" in capsys.readouterr().err
+
+
 class _Evil:
     def __reduce__(self):
         import os
