@@ -200,7 +200,7 @@ def export_to_hf(src: str | Path, out_dir: str | Path, *, dtype: str = "auto",
         write_safetensors(tmp, groups, max_shard_bytes, out_dtype, progress)
         num_parameters = sum(g.nbytes for g in groups) // out_dtype.itemsize
         llama_config(shape, dtype_name).save_pretrained(str(tmp))
-        _generation_config(shape).save_pretrained(str(tmp))
+        _generation_config().save_pretrained(str(tmp))
         has_psi = reader.has(lm.PSI_KEYS["fc1.weight"])
         if has_psi:
             psi = reader.read({name: (key, None) for name, key in lm.PSI_KEYS.items()})
@@ -243,11 +243,12 @@ def final_metrics(ckpt: NextLatCheckpoint) -> dict[str, Any]:
     return metrics
 
 
-def _generation_config(shape: LlamaShape):
+def _generation_config():
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-                            max_length=shape.max_position_embeddings)
+    # No max_length: transformers warns on every generate(max_new_tokens=...) when the
+    # config sets one; the position limit is in config.json.
+    return GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
 
 
 def _resolved_data(ckpt: NextLatCheckpoint) -> dict[str, Any] | None:

@@ -63,6 +63,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size < 1 or args.max_batches < 1:
         raise UsageError("--batch-size and --max-batches must be at least 1")
     check_diagnostics_args(args)
+    if args.lm_eval:  # before any validation or export, which can take minutes
+        from nextlat_pt.eval.lm_eval_check import lm_eval_missing
+
+        missing = lm_eval_missing()
+        if missing:
+            raise UsageError(missing)
     src: Path = args.model
     hf = check_model_dir(src)
     data = args.data or recorded_valid(src, hf)

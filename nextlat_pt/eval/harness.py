@@ -15,6 +15,7 @@ from typing import Any
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.convert.to_hf import EXPORT_INFO
 from nextlat_pt.data.tokenizer import EOS_ID
+from nextlat_pt.eval.lm_eval_check import lm_eval_missing
 from nextlat_pt.eval.tasks import TASKS, write_tasks
 
 
@@ -30,14 +31,12 @@ def run_lm_eval(hf_dir: Path, task_dir: Path, tasks: list[str] | None = None,
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-    except ImportError as err:
-        raise ConvertError(
-            "lm-eval is not installed; install it with the torch you have pinned: "
-            "pip install -c <(echo torch==$(python -c 'import torch; print(torch.__version__)'"
-            ".split('+')[0])) \"lm-eval[hf]==0.4.13\"") from err
+    missing = lm_eval_missing()
+    if missing:
+        raise ConvertError(missing)
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
     available = write_tasks(task_dir, num_questions=num_questions)
     tasks = list(tasks or TASKS)
     unknown = [t for t in tasks if t not in available]

@@ -75,7 +75,8 @@ def build_parser() -> ErrorParser:
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--jsonl", action="store_true",
-                        help="stdout: one JSON object per prompt (prompt, completion, ids)")
+                        help="stdout: one JSON object per prompt with the keys prompt, "
+                             "completion and new_ids (the generated token ids)")
     parser.add_argument("--stats-json", type=Path,
                         help="also write the statistics to this JSON file")
     return parser
