@@ -1,13 +1,14 @@
 """`nextlat-pt eval`: validation loss / perplexity of a checkpoint or an HF folder, latent
 diagnostics, and lm-eval-harness on the export.
 
-    nextlat-pt eval CHECKPOINT_OR_HF_DIR [--data SHARDS] [--max-batches 8] [--batch-size 8]
+    nextlat-pt eval CHECKPOINT_OR_HF_DIR [--data SHARDS] [--max-batches N] [--batch-size 8]
     nextlat-pt eval CHECKPOINT_OR_HF_DIR --diagnostics [--probe-offsets 8]
                     [--rank-sequences 256] [--rank-tokens 256]
     nextlat-pt eval compare A B [--data SHARDS] [diagnostics options]   (eval/compare.py)
     nextlat-pt eval CHECKPOINT_OR_HF_DIR --lm-eval [--tasks nextlat_next_line,...] [--limit N]
 
-Without --data the validation split the model was trained with is used, when recorded.
+Without --data the validation split the model was trained with is used, when recorded; the
+whole split is scored unless --max-batches limits it.
 A checkpoint is exported to a temporary folder for the harness.
 """
 
@@ -33,12 +34,12 @@ def build_parser() -> ErrorParser:
     parser.add_argument("model", type=Path,
                         help="a checkpoint (step, checkpoints or run dir) or an HF folder")
     parser.add_argument("--data", type=Path, default=None,
-                        help="prepared shards (prepare-data output or a dataset dir; its "
-                             "valid split); default: the validation data recorded with the "
-                             "model")
+                        help="prepared shards: a prepare-data output (its valid split, else "
+                             "its only split) or one split's directory; default: the "
+                             "validation data recorded with the model")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
-    parser.add_argument("--max-batches", type=int, default=8,
-                        help="validation batches (the first windows of the split)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="score only the first N batches (default: the whole split)")
     parser.add_argument("--no-tokenizer-check", action="store_true",
                         help="score shards made with another tokenizer (fingerprint)")
     parser.add_argument("--lm-eval", action="store_true",
@@ -60,7 +61,7 @@ def build_parser() -> ErrorParser:
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     from nextlat_pt.eval.sources import check_model_dir, open_model, recorded_valid
 
-    if args.batch_size < 1 or args.max_batches < 1:
+    if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UsageError("--batch-size and --max-batches must be at least 1")
     check_diagnostics_args(args)
     if args.lm_eval:  # before any validation or export, which can take minutes
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         model = open_model(src, hf)
         result = validation_loss(model, data, args.batch_size, args.max_batches,
-                                 check_tokenizer=not args.no_tokenizer_check)
+                                 check_tokenizer=not args.no_tokenizer_check, progress=True)
         print(f"{model.description}: {result.summary()}", flush=True)
         out["validation"] = result.to_dict()
         if args.diagnostics:

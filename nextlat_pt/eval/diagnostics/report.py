@@ -57,6 +57,9 @@ def load_windows(data: Path, sequences: int, tokens: int, max_positions: int,
     if sequences < 2 or tokens < 1:
         raise DataError(f"diagnostics need at least 2 sequences (the probes split by "
                         f"sequence) and 1 token; got {sequences} × {tokens}")
+    from nextlat_pt.eval.valid_loss import eval_split
+
+    data = eval_split(data)[0]  # the split `eval` scores (validation_loss notes a fallback)
     ds = open_dataset(data, "valid")
     try:
         available, seq_len = len(ds), ds.seq_len
