@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from nextlat_pt.convert.cli import ErrorParser, UsageError
-from nextlat_pt.convert.errors import ConvertError
 
 
 def build_parser() -> ErrorParser:
@@ -59,8 +58,6 @@ def build_parser() -> ErrorParser:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from nextlat_pt.eval.sources import check_model_dir, open_model, recorded_valid
-
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UsageError("--batch-size and --max-batches must be at least 1")
     check_diagnostics_args(args)
@@ -71,6 +68,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if missing:
             raise UsageError(missing)
     src: Path = args.model
+    if not src.is_dir():
+        raise UsageError(f"{src} is not a directory; give a checkpoint (step, checkpoints or "
+                         f"run directory) or a Hugging Face folder")
+    from nextlat_pt.eval.sources import check_model_dir, open_model, recorded_valid
+
     hf = check_model_dir(src)
     data = args.data or recorded_valid(src, hf)
     out: dict[str, Any] = {}
@@ -100,21 +102,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_diagnostics_args(parser: argparse.ArgumentParser) -> None:
     """The options of the latent diagnostics (shared by `eval` and `eval compare`)."""
-    from nextlat_pt.eval.diagnostics import probes, report
+    from nextlat_pt.eval import defaults
 
-    parser.add_argument("--rank-sequences", type=int, default=report.DEFAULT_SEQUENCES,
+    parser.add_argument("--rank-sequences", type=int, default=defaults.DIAG_SEQUENCES,
                         help="validation windows for the effective rank and the probes "
                              "(default: %(default)s, the paper's; fewer if the split is "
                              "smaller)")
-    parser.add_argument("--rank-tokens", type=int, default=report.DEFAULT_TOKENS,
+    parser.add_argument("--rank-tokens", type=int, default=defaults.DIAG_TOKENS,
                         help="tokens per window (default: %(default)s; at most the split's "
                              "seq_len)")
-    parser.add_argument("--probe-offsets", type=int, default=report.DEFAULT_OFFSETS,
+    parser.add_argument("--probe-offsets", type=int, default=defaults.PROBE_OFFSETS,
                         help="linear probes for the tokens 1..K ahead (default: %(default)s; "
                              "0: none)")
-    parser.add_argument("--probe-steps", type=int, default=probes.DEFAULT_STEPS,
+    parser.add_argument("--probe-steps", type=int, default=defaults.PROBE_STEPS,
                         help="AdamW steps per probe (default: %(default)s)")
-    parser.add_argument("--probe-lr", type=float, default=probes.DEFAULT_LR,
+    parser.add_argument("--probe-lr", type=float, default=defaults.PROBE_LR,
                         help="probe learning rate (default: %(default)s)")
 
 
@@ -162,22 +164,12 @@ def _harness(src: Path, hf: bool, args: argparse.Namespace) -> dict[str, Any]:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """`nextlat-pt eval ...`; returns the exit code (2 on bad input)."""
-    from nextlat_pt.config import ConfigError
-    from nextlat_pt.data.errors import DataError
-    from nextlat_pt.train.checkpoint import CheckpointError
+    from nextlat_pt.convert.cli import run_subcommand
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv and argv[0] == "compare":  # a model folder named so: give it as ./compare
-            from nextlat_pt.eval.compare import run_compare
+    if argv and argv[0] == "compare":  # a model folder named so: give it as ./compare
+        from nextlat_pt.eval.compare import build_parser as compare_parser
+        from nextlat_pt.eval.compare import compare
 
-            run_compare(argv[1:])
-        else:
-            _run(build_parser().parse_args(argv))
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except (UsageError, ConvertError, ConfigError, CheckpointError, DataError,
-            FileNotFoundError) as err:
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return run_subcommand(compare_parser(), compare, argv[1:])
+    return run_subcommand(build_parser(), _run, argv)

@@ -10,19 +10,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from nextlat_pt.config import ConfigError, load_config
-from nextlat_pt.train.checkpoint import (
-    MARKER,
-    Verdicts,
-    find_latest_valid,
-    is_complete,
-    list_checkpoints,
-    read_latest,
-)
+
+if TYPE_CHECKING:
+    from nextlat_pt.train.checkpoint import Verdicts
+
+# The checkpoint helpers live in nextlat_pt.train.checkpoint, which loads megatron: imported
+# where used, after the arguments are parsed, so `--help` and usage errors answer at once.
 
 
 def _human(size: float) -> str:
@@ -44,6 +42,8 @@ def _checkpoints_root(path: Path) -> Path:
 
 
 def _status(ckpt: Path, verify: bool, verdicts: Verdicts | None = None) -> str:
+    from nextlat_pt.train.checkpoint import MARKER, Verdicts, is_complete
+
     if ckpt.name.endswith(".tmp"):
         return "interrupted save"
     if not is_complete(ckpt):
@@ -82,6 +82,8 @@ def list_main(argv: list[str]) -> int:
                         help="check every file's sha256 against the COMPLETE marker; exit 1 "
                              "if any checkpoint fails")
     args = parser.parse_args(argv)
+    from nextlat_pt.train.checkpoint import Verdicts, is_complete, list_checkpoints, read_latest
+
     root = _checkpoints_root(args.dir)
     if is_complete(root) or root.name.startswith("step_"):
         ckpts = [root]
@@ -117,6 +119,8 @@ def list_main(argv: list[str]) -> int:
 def _resume_line(root: Path, ckpts: list[Path], verified: bool, verdicts: Verdicts,
                  latest: str) -> str:
     """Which checkpoint a relaunch of the run would start from, as `train` decides."""
+    from nextlat_pt.train.checkpoint import find_latest_valid, is_complete
+
     if not verified:
         newest = next((c for c in reversed(ckpts) if is_complete(c)), None)
         if newest is None:
@@ -149,6 +153,8 @@ def inspect_main(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="a config (YAML or name) to compare with")
     parser.add_argument("overrides", nargs="*", help="section.key=value for that config")
     args = parser.parse_args(argv)
+    from nextlat_pt.train.checkpoint import is_complete
+
     ckpt: Path = args.ckpt
     if not (ckpt / "trainer_state.json").is_file() and not is_complete(ckpt):
         print(f"nextlat-pt: error: {ckpt} is not a checkpoint step directory "

@@ -80,17 +80,20 @@ def choose_checkpoint(cfg: Config, warn: Callable[[str], None],
 
 
 def _resolve_load(path: Path, warn: Callable[[str], None]) -> Path:
-    """`checkpoint.load` may name one step directory or a whole checkpoints directory."""
+    """`checkpoint.load` may name one step directory, a checkpoints directory or a run
+    directory (as `convert` and `generate` take them)."""
     if not path.exists():
-        raise CheckpointError(f"checkpoint.load={path} does not exist; give a step directory "
-                              f"(…/checkpoints/step_N) or a checkpoints directory")
+        raise CheckpointError(f"checkpoint.load={path} does not exist; give a run directory, "
+                              f"its checkpoints directory or one step_N directory")
     if is_complete(path):
         verify_checksums(path)
         return path
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
     found = find_latest_valid(path, warn)
     if found is None:
-        raise CheckpointError(f"checkpoint.load={path} holds no complete checkpoint "
-                              f"(no step_N directory with a COMPLETE marker)")
+        raise CheckpointError(f"checkpoint.load={path} holds no usable checkpoint (no "
+                              f"step_N directory with a COMPLETE marker and good checksums)")
     return found
 
 

@@ -281,3 +281,18 @@ def test_older_checkpoints_with_relative_paths_are_resolved_from_where_they_sit(
     assert ckpt.recorded_path("data/gone") is None
     (step / "tokenizer.model").write_bytes(b"copy")  # a newer checkpoint's own copy wins
     assert ckpt.tokenizer_file() == step / "tokenizer.model"
+
+
+def test_checkpoint_load_takes_a_run_directory(tmp_path):
+    from nextlat_pt.config import load_config
+    from nextlat_pt.train.resume import choose_checkpoint
+
+    other = tmp_path / "other_run"
+    for step in (2, 4):
+        _make(other / "checkpoints", step)
+    for given in (other, other / "checkpoints", other / "checkpoints" / "step_0000002"):
+        cfg = load_config(None, [f"run.dir={tmp_path / 'new'}", f"checkpoint.load={given}"])
+        start = choose_checkpoint(cfg, warn=lambda m: None)
+        assert not start.resume
+        assert start.path.name == ("step_0000002" if given.name.startswith("step_")
+                                   else "step_0000004")

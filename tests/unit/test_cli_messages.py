@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +48,28 @@ def test_the_export_sets_no_generation_max_length(tmp_path):
     _generation_config().save_pretrained(str(tmp_path))
     saved = json.loads((tmp_path / "generation_config.json").read_text())
     assert "max_length" not in saved and saved["eos_token_id"] == 2
+
+
+HELP_AND_USAGE_ERRORS = [
+    ["train", "--help"], ["convert", "--help"], ["eval", "--help"], ["eval", "compare", "--help"],
+    ["generate", "--help"], ["ckpt", "--help"], ["ckpt", "list", "--help"],
+    ["ckpt", "inspect", "--help"], ["make-task", "--help"], ["prepare-data", "--help"],
+    ["train-tokenizer", "--help"], ["bench", "--help"],
+    ["generate", "runs/x", "--prompt", "a"],  # no --max-new-tokens
+    ["generate", "/no/such/model", "--prompt", "a", "--max-new-tokens", "4"],
+    ["eval", "runs/x", "--max-batches", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", HELP_AND_USAGE_ERRORS, ids=" ".join)
+def test_help_and_argument_errors_answer_before_torch_is_imported(argv):
+    """What makes `--help` take well under a second: nothing heavy is imported first."""
+    code = ("import sys\nfrom nextlat_pt.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    rc = e.code\n"
+            "heavy = sorted(m for m in ('torch', 'megatron', 'deepspeed', 'transformers') "
+            "if m in sys.modules)\nprint('HEAVY', heavy, rc, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120)
+    report = proc.stderr.strip().splitlines()[-1]
+    assert report.startswith("HEAVY [] "), (report, proc.stderr[-2000:])
+    assert report.split()[-1] in ("0", "2"), report

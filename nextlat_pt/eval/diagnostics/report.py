@@ -12,6 +12,7 @@ from torch import Tensor
 from nextlat_pt.data.dataset import open_dataset
 from nextlat_pt.data.errors import DataError
 from nextlat_pt.data.loader import make_valid_batches
+from nextlat_pt.eval import defaults
 from nextlat_pt.eval.diagnostics.hidden import DEFAULT_BATCH_SIZE, forward_windows
 from nextlat_pt.eval.diagnostics.probes import (
     DEFAULT_LR,
@@ -23,9 +24,9 @@ from nextlat_pt.eval.diagnostics.rank import effective_rank
 from nextlat_pt.eval.models import ScoredModel
 
 # The paper's effective-rank sample (NEXTLAT_METHOD.md §8): 256 sequences × 256 tokens.
-DEFAULT_SEQUENCES = 256
-DEFAULT_TOKENS = 256
-DEFAULT_OFFSETS = 8
+DEFAULT_SEQUENCES = defaults.DIAG_SEQUENCES
+DEFAULT_TOKENS = defaults.DIAG_TOKENS
+DEFAULT_OFFSETS = defaults.PROBE_OFFSETS
 
 
 @dataclass
