@@ -8,20 +8,11 @@ Config mistakes are reported in one line (exit code 2) before any process group 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import warnings
 
 from nextlat_pt.config import ConfigError, check_paths, load_config, validate
 from nextlat_pt.launch_env import INTERRUPTED_EXIT_CODE, report_error
-
-
-def _quiet_imports() -> None:
-    # megatron-core and DeepSpeed warn at import about missing TransformerEngine/Apex; those
-    # fallbacks are expected here (the local spec and torch optimizers are what we use).
-    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from nextlat_pt.quiet import silence_library_noise
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -37,7 +28,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         report_error(f"nextlat-pt: config error: {err}")
         return 2
-    _quiet_imports()
+    silence_library_noise()
     from nextlat_pt.data.errors import DataError
     from nextlat_pt.train.checkpoint import CheckpointError
     from nextlat_pt.train.run import main as train_main
@@ -156,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the subcommand; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _PASSTHROUGH:
-        _quiet_imports()
+        silence_library_noise()
         return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command != "train":
-        _quiet_imports()
+        silence_library_noise()
     return args.func(args)
 
 

@@ -37,3 +37,4 @@ def test_generate_convert_and_eval_work_from_another_directory(tmp_path, corpus_
     for model in (run, "export"):
         scored = run_cli(["eval", model], cwd=elsewhere)
         assert "validation CE" in scored.stdout, scored.stdout
+        assert "Loading weights" not in scored.stderr and "arning" not in scored.stderr
