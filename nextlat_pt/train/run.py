@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from nextlat_pt.data.dataset import open_dataset, resolve_dataset_dir
 from nextlat_pt.data.errors import DataError
 from nextlat_pt.data.loader import TrainLoader, make_train_loader, make_valid_batches
 from nextlat_pt.data.tokenizer import Tokenizer
-from nextlat_pt.flops import flops_per_token, parameter_counts
+from nextlat_pt.flops import flops_per_token, parameter_counts, peak_tflops
 from nextlat_pt.memory import estimate_memory
 from nextlat_pt.model.gpt import count_parameters
 from nextlat_pt.parallel import distributed
@@ -260,7 +261,10 @@ def run_training(cfg: Config) -> dict[str, Any]:
     # --- callbacks (the logging rank only) ---
     callbacks: list[Callback] = []
     if layout.is_logging_rank:
-        callbacks.append(ConsoleProgress(cfg.train.max_steps))
+        callbacks.append(ConsoleProgress(
+            cfg.train.max_steps, start_step=start.step, start_tokens=start.tokens_seen,
+            flops_per_token=flops.total,
+            peak_flops=_peak_flops(device, spec.params_dtype, layout.world_size)))
         callbacks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
         if cfg.logging.wandb != "disabled":
             wandb_cb = WandbMetrics(cfg.logging.wandb, cfg.logging.wandb_project,
@@ -301,11 +305,18 @@ def run_training(cfg: Config) -> dict[str, Any]:
     async_saves = AsyncSaves() if cfg.checkpoint.async_save else None
 
     def checkpoint(trainer: Trainer, wait: bool = False) -> Path:
+        started = time.perf_counter()
         path = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer),
                                async_saves, retention)
         saved_steps.add(trainer.state.step)
         if wait and async_saves is not None:
             async_saves.wait()
+        took = time.perf_counter() - started
+        if async_saves is None or wait:
+            log(f"saved step {trainer.state.step} in {took:.1f} s: {path}")
+        else:
+            log(f"saving step {trainer.state.step} in the background (training paused "
+                f"{took:.1f} s): {path}")
         return path
 
     def periodic_checkpoint(trainer: Trainer) -> None:
@@ -383,6 +394,15 @@ def run_training(cfg: Config) -> dict[str, Any]:
         log(f"run directory: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/)")
     watcher.restore()
     return summary
+
+
+def _peak_flops(device: torch.device, dtype: torch.dtype, world_size: int) -> float | None:
+    """The dense bf16 peak of all devices together, for the MFU on the progress line; None
+    off CUDA, in fp32 (the peak is bf16's) or for a device the table does not know."""
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    peak = peak_tflops(torch.cuda.get_device_name(device))
+    return peak * 1e12 * world_size if peak else None
 
 
 def _plot(cfg: Config, layout: distributed.ParallelLayout) -> None:
