@@ -8,6 +8,7 @@ Config mistakes are reported in one line (exit code 2) before any process group 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from nextlat_pt.config import ConfigError, check_paths, load_config, validate
@@ -23,6 +24,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config_path = None
     try:
         cfg = load_config(config_path, overrides)
+        if args.print_config:
+            from nextlat_pt.config_keys import format_config
+
+            given = " ".join([config_path or "(defaults)", *overrides])
+            try:
+                print(format_config(cfg, f"nextlat-pt train {given}: every key, resolved "
+                                         f"(defaults < config file < overrides)"), flush=True)
+            except BrokenPipeError:  # `| head`: the reader has all it wanted
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+            return 0
         validate(cfg)
         check_paths(cfg)
     except ConfigError as err:
@@ -76,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", default=None,
                        help="a YAML file or a name in configs/ (default: tiny)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.add_argument("--print-config", action="store_true",
+                       help="print every config key, resolved, with its meaning, and exit")
     train.set_defaults(func=_cmd_train)
     for name, func, text in (
         ("train-tokenizer", _cmd_train_tokenizer,

@@ -429,3 +429,33 @@ def test_path_keys_that_name_nothing_usable_are_one_line(tmp_path) -> None:
     }
     for override, needles in cases.items():
         _assert_contains(_error(check_paths, load_config(None, [override])), needles)
+
+
+# ---------------------------------------------------------------- key meanings
+
+
+def test_every_key_has_a_meaning_and_the_readme_table_is_current() -> None:
+    from nextlat_pt.config_keys import key_table, keys
+
+    missing = [f"{s}.{k}" for s, k, _, meaning in keys(Config()) if not meaning.strip()]
+    assert not missing, f"config fields without a meaning: {missing}"
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("<!-- config-keys:start -->\n", 1)[1].split("\n<!-- config-keys:end", 1)[0]
+    assert table == key_table(), ("README's key table is stale: regenerate it with "
+                                  "`python -m nextlat_pt.config_keys --markdown`")
+
+
+def test_print_config_shows_every_key_resolved_and_loads_back(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    from nextlat_pt.config_keys import keys
+
+    argv = ["train", "--print-config", "tiny", "model.num_layers=8", "model.num_heads=8"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for section, key, _, meaning in keys(Config()):
+        assert f"  {key}: " in out and meaning.split(";")[0] in out, f"{section}.{key}"
+    assert "num_query_groups: 0" in out and "# -> 8; key/value heads" in out  # resolved 0
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(out)
+    assert load_config(saved) == load_config("tiny", argv[3:])
