@@ -49,6 +49,13 @@ def build_parser() -> ErrorParser:
     parser.add_argument("--limit", type=int, default=None, help="harness: docs per task")
     parser.add_argument("--task-dir", type=Path, default=None,
                         help="where to write the tasks' data and YAML (default: a temp dir)")
+    parser.add_argument("--task-data", nargs="+", default=None, metavar="PATH",
+                        help="build the harness tasks from your own held-out data: text files, "
+                             "directories or globs (.txt, .jsonl[.gz|.zst]), or one prepared "
+                             "dataset (its valid split); default: the built-in corpus's "
+                             "held-out files")
+    parser.add_argument("--text-field", default="text",
+                        help="--task-data JSON lines: the field holding the text")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also the latent diagnostics: effective rank of the final hidden "
                              "states and linear probes for the tokens 1..K ahead")
@@ -61,12 +68,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UsageError("--batch-size and --max-batches must be at least 1")
     check_diagnostics_args(args)
+    if args.task_data and not args.lm_eval:
+        raise UsageError("--task-data builds the --lm-eval tasks; add --lm-eval")
     if args.lm_eval:  # before any validation or export, which can take minutes
         from nextlat_pt.eval.lm_eval_check import lm_eval_missing
 
         missing = lm_eval_missing()
         if missing:
             raise UsageError(missing)
+    args.task_sources = None
+    if args.task_data:  # read now: a wrong path is reported before the model is scored
+        from nextlat_pt.eval.tasks import user_sources
+
+        args.task_sources = user_sources(args.task_data, args.text_field)
+        print(f"lm-eval tasks from {len(args.task_sources)} documents of "
+              f"{' '.join(args.task_data)}", flush=True)
     src: Path = args.model
     if not src.is_dir():
         raise UsageError(f"{src} is not a directory; give a checkpoint (step, checkpoints or "
@@ -157,7 +173,8 @@ def _harness(src: Path, hf: bool, args: argparse.Namespace) -> dict[str, Any]:
             export_to_hf(src, model_dir, progress=False)
             print(f"exported {src} to a temporary folder for the harness", flush=True)
         task_dir = args.task_dir or Path(tmp) / "tasks"
-        results = run_lm_eval(model_dir.resolve(), task_dir, tasks=tasks, limit=args.limit)
+        results = run_lm_eval(model_dir.resolve(), task_dir, tasks=tasks, limit=args.limit,
+                              sources=args.task_sources)
     print(results_table(results), flush=True)
     return results["results"]
 

@@ -21,8 +21,11 @@ from nextlat_pt.eval.tasks import TASKS, write_tasks
 
 def run_lm_eval(hf_dir: Path, task_dir: Path, tasks: list[str] | None = None,
                 limit: int | None = None, batch_size: int = 8, device: str = "cpu",
-                num_questions: int = 100) -> dict[str, Any]:
-    """Run the harness on `hf_dir`; returns lm-eval's results dict (with "results").
+                num_questions: int = 100, sources: list[tuple[str, str]] | None = None
+                ) -> dict[str, Any]:
+    """Run the harness on `hf_dir`; returns lm-eval's results dict (with "results"). The
+    tasks are built from `sources` ((name, text) documents), by default the built-in
+    corpus's held-out files.
 
     For our exports a document's first token is scored after </s>: our models never saw
     <s> (documents were packed after EOS), while lm-eval's default prefix is the BOS token.
@@ -37,7 +40,7 @@ def run_lm_eval(hf_dir: Path, task_dir: Path, tasks: list[str] | None = None,
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    available = write_tasks(task_dir, num_questions=num_questions)
+    available = write_tasks(task_dir, num_questions=num_questions, sources=sources)
     tasks = list(tasks or TASKS)
     unknown = [t for t in tasks if t not in available]
     if unknown:
