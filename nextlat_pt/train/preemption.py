@@ -24,6 +24,10 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: saved, resumable; requeue the job
 PREEMPTED_MARKER = "PREEMPTED"  # in the run dir while the newest stop was a preemption
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
+# A Ctrl-C under torchrun reaches a rank twice within milliseconds (from the terminal, and
+# forwarded by torchrun): only one at least this much later is the user's second Ctrl-C.
+SECOND_INTERRUPT_AFTER_S = 1.0
+
 # The collective flag: the highest request on any rank wins.
 _BUDGET, _INTERRUPT, _PREEMPT = 1.0, 2.0, 3.0
 
@@ -38,13 +42,18 @@ class PreemptionWatcher:
         self.reason = ""
         self.exit_code = PREEMPTED_EXIT_CODE
         self.saved = False  # set once the last checkpoint is on disk: nothing left to abort
+        self._first_interrupt: float | None = None
         self._previous = {}
         for sig in HANDLED_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if signum == signal.SIGINT and signal.SIGINT in self.received and not self.saved:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._first_interrupt is None:
+                self._first_interrupt = now
+            elif now - self._first_interrupt >= SECOND_INTERRUPT_AFTER_S and not self.saved:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
         self.received.add(signum)
 
     def should_stop(self, device: torch.device) -> bool:
