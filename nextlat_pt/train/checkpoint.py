@@ -190,7 +190,7 @@ def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: in
             f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
         )
     check_metadata_is_plain(ckpt / "model" / ".metadata")
-    helper_processes.install()
+    helper_processes.install(results_queue=False)  # loading writes nothing: no Manager
     with signals_deferred(), _full_parameters(models, zero_stage, modify=True):
         try:
             state = dist_checkpointing.load(model_sharded_state_dict(models),

@@ -84,14 +84,14 @@ def _start_results_queue() -> None:
     filesystem_async._nextlat_pt_manager = manager  # keep it referenced while the queue is
 
 
-def install() -> None:
-    """In the trainer (every rank), before the first checkpoint is saved or loaded:
-    every process forked from here on, and the results-queue Manager, die with their parent.
+def install(results_queue: bool = True) -> None:
+    """Before a checkpoint is saved (`results_queue`: start the writers' Manager too) or
+    loaded: every process forked from here on, and the Manager, die with their parent.
     Idempotent."""
     global _installed_in
-    if _installed_in == os.getpid():
-        return
-    if _installed_in is None:  # a fork inherits the registered hooks; register once
-        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-    _installed_in = os.getpid()
-    _start_results_queue()
+    if _installed_in != os.getpid():
+        if _installed_in is None:  # a fork inherits the registered hooks; register once
+            os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+        _installed_in = os.getpid()
+    if results_queue:
+        _start_results_queue()
