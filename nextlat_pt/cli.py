@@ -10,17 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
-from nextlat_pt.config import ConfigError, load_config, validate
-
-
-def _quiet_imports() -> None:
-    # megatron-core and DeepSpeed warn at import about missing TransformerEngine/Apex; those
-    # fallbacks are expected here (the local spec and torch optimizers are what we use).
-    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from nextlat_pt.config import ConfigError, check_paths, load_config, validate
+from nextlat_pt.launch_env import INTERRUPTED_EXIT_CODE, report_error
+from nextlat_pt.quiet import silence_library_noise
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -31,20 +24,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config_path = None
     try:
         cfg = load_config(config_path, overrides)
+        if args.print_config:
+            from nextlat_pt.config_keys import format_config
+
+            given = " ".join([config_path or "(defaults)", *overrides])
+            try:
+                print(format_config(cfg, f"nextlat-pt train {given}: every key, resolved "
+                                         f"(defaults < config file < overrides)"), flush=True)
+            except BrokenPipeError:  # `| head`: the reader has all it wanted
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+            return 0
         validate(cfg)
+        check_paths(cfg)
     except ConfigError as err:
-        print(f"nextlat-pt: config error: {err}", file=sys.stderr)
+        report_error(f"nextlat-pt: config error: {err}")
         return 2
-    _quiet_imports()
+    silence_library_noise()
     from nextlat_pt.data.errors import DataError
     from nextlat_pt.train.checkpoint import CheckpointError
     from nextlat_pt.train.run import main as train_main
 
     try:
         return train_main(cfg)
-    except (DataError, CheckpointError) as err:
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
+    except (DataError, CheckpointError, ConfigError) as err:
+        report_error(f"nextlat-pt: error: {err}")
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves), or one at start-up
+        pointer = cfg.checkpoint_dir / "latest"
+        latest = pointer.read_text().strip() if pointer.is_file() else ""
+        where = (f"the newest checkpoint is {cfg.checkpoint_dir / latest}; relaunch the same "
+                 f"command to resume from it" if latest else "no checkpoint yet")
+        report_error(f"nextlat-pt: interrupted: stopped without saving; {where}")
+        return INTERRUPTED_EXIT_CODE
 
 
 def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
@@ -76,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", default=None,
                        help="a YAML file or a name in configs/ (default: tiny)")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.add_argument("--print-config", action="store_true",
+                       help="print every config key, resolved, with its meaning, and exit")
     train.set_defaults(func=_cmd_train)
     for name, func, text in (
         ("train-tokenizer", _cmd_train_tokenizer,
@@ -147,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the subcommand; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _PASSTHROUGH:
-        _quiet_imports()
+        silence_library_noise()
         return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command != "train":
-        _quiet_imports()
+        silence_library_noise()
     return args.func(args)
 
 

@@ -25,115 +25,145 @@ class ConfigError(ValueError):
     """A configuration mistake, described in one line with the key and the fix."""
 
 
+def _key(default: Any, meaning: str) -> Any:
+    """A config field with its meaning: the one description `train --print-config` prints
+    and the README's key table is generated from (`key_table`)."""
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"meaning": meaning})
+    return field(default=default, metadata={"meaning": meaning})
+
+
 @dataclass
 class RunConfig:
-    name: str = "tiny"
-    dir: str = ""  # default: runs/<name>
-    seed: int = 1234
+    name: str = _key("tiny", "the run's name (wandb, the model card); names runs/<name>")
+    dir: str = _key("", "the run directory: config.yaml, metrics.jsonl, loss.png, "
+                        "checkpoints/; empty: runs/<run.name>")
+    seed: int = _key(1234, "seed of the initial weights (per parameter, any layout), the data "
+                           "order and dropout")
 
 
 @dataclass
 class ModelConfig:
-    num_layers: int = 4
-    hidden_size: int = 256
-    num_heads: int = 4
-    num_query_groups: int = 0  # 0: as many as heads (MHA); fewer: grouped-query attention
-    ffn_hidden_size: int = 0  # 0: Llama rule, 128·round(8D/3/128)
-    seq_len: int = 256
-    max_position_embeddings: int = 0  # 0: seq_len
-    vocab_size: int = 0  # 0: taken from the tokenizer
-    make_vocab_size_divisible_by: int = 128  # padded to a multiple of this × TP, as megatron does
-    tie_embeddings: bool = False
-    rotary_base: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    hidden_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    attention_backend: str = "auto"  # auto | sdpa | flash | local (megatron's) | te
+    num_layers: int = _key(4, "transformer blocks (Llama-style: RMSNorm, SwiGLU, RoPE, no "
+                              "biases)")
+    hidden_size: int = _key(256, "D, the model width")
+    num_heads: int = _key(4, "attention heads")
+    num_query_groups: int = _key(0, "key/value heads; fewer than the heads: grouped-query "
+                                    "attention; 0: one per head")
+    ffn_hidden_size: int = _key(0, "the SwiGLU width; 0: Llama's rule 128·round(8D/3/128)")
+    seq_len: int = _key(256, "tokens per training window")
+    max_position_embeddings: int = _key(0, "the position limit (RoPE); 0: model.seq_len")
+    vocab_size: int = _key(0, "0: the tokenizer's vocabulary")
+    make_vocab_size_divisible_by: int = _key(128, "the embedding is padded to a multiple of "
+                                                  "this × parallel.tp, as megatron does")
+    tie_embeddings: bool = _key(False, "share the input embedding and the LM head (the paper "
+                                       "unties them)")
+    rotary_base: float = _key(10000.0, "RoPE base frequency")
+    norm_eps: float = _key(1e-5, "RMSNorm epsilon")
+    init_std: float = _key(0.02, "standard deviation of the normal initial weights")
+    hidden_dropout: float = _key(0.0, "dropout after attention and the MLP")
+    attention_dropout: float = _key(0.0, "dropout on the attention probabilities")
+    attention_backend: str = _key("auto", "auto: flash-attn on CUDA in bf16 when importable, "
+                                          "else SDPA; sdpa | flash | local (megatron's) | te")
 
 
 @dataclass
 class NextLatConfig:
-    objective: str = "nextlat"  # nextlat | ntp (plain next-token baseline, no ψ)
-    horizon: int = 1  # d
-    lambda_latent: float = 1.0  # λ_h
-    lambda_kl: float = 1.0  # λ_KL
-    proj_factor: float = 1.0  # ψ width = 128·round(proj_factor·2D/128)
-    psi_width: int = 0  # 0: from proj_factor
-    psi_zero_init: bool = False  # paper: unknown init; default normal(0, init_std) like the trunk
-    smooth_l1_beta: float = 1.0
-    kl_temperature: float = 1.0
-    detach_next_embedding: bool = False
-    mask_prompt_in_latent: bool = False
-    kl_chunk_tokens: int = 1024  # tokens decoded through the frozen head at once (KL memory)
+    objective: str = _key("nextlat", "nextlat | ntp (plain next-token baseline: no ψ)")
+    horizon: int = _key(1, "d, the latent rollout steps of ψ")
+    lambda_latent: float = _key(1.0, "λ_h, weight of the SmoothL1 latent term")
+    lambda_kl: float = _key(1.0, "λ_KL, weight of the KL term through the frozen LM head")
+    proj_factor: float = _key(1.0, "ψ's width is 128·round(proj_factor·2D/128)")
+    psi_width: int = _key(0, "ψ's width set directly; 0: from nextlat.proj_factor")
+    psi_zero_init: bool = _key(False, "ψ's last layer starts at zero, so ψ starts as the "
+                                      "identity (the paper does not say; default: normal(0, "
+                                      "model.init_std) like the trunk)")
+    smooth_l1_beta: float = _key(1.0, "SmoothL1's beta (PyTorch's default)")
+    kl_temperature: float = _key(1.0, "temperature of both distributions in the KL")
+    detach_next_embedding: bool = _key(False, "stop the auxiliary gradients at ψ's input "
+                                              "embedding E(x_{t+1})")
+    mask_prompt_in_latent: bool = _key(False, "mask prompt positions in the latent term too "
+                                              "(CE and KL always mask them)")
+    kl_chunk_tokens: int = _key(1024, "tokens decoded through the frozen head at once: bounds "
+                                      "the KL's memory, not a modelling choice")
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 250
-    micro_batch_size: int = 8
-    global_batch_size: int = 8
-    optimizer: str = "adamw"  # adamw | sgd (plain SGD: exposes gradient-scale errors in tests)
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    lr_schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
-    warmup_steps: int = 20
-    decay_steps: int = 0  # wsd: length of the final linear decay to min_lr
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_interval: int = 0  # 0: only at the end
-    eval_batches: int = 8
-    recompute_activations: bool = False  # recompute each layer's activations in backward
-    exit_duration_mins: float = 0.0  # save and exit (code 75) after this wall time; 0: off
+    max_steps: int = _key(250, "optimizer steps to train; a relaunch resumes up to it")
+    micro_batch_size: int = _key(8, "windows per micro-batch on one data-parallel rank")
+    global_batch_size: int = _key(8, "windows per step: micro_batch_size × micro-batches × "
+                                     "data-parallel size (gradient accumulation)")
+    optimizer: str = _key("adamw", "adamw | sgd (plain SGD: exposes gradient-scale errors in "
+                                   "tests)")
+    lr: float = _key(2e-3, "peak learning rate, reached after the warmup")
+    min_lr: float = _key(2e-4, "the rate at the end of the cosine or wsd decay")
+    lr_schedule: str = _key("cosine", "cosine | wsd (warmup-stable-decay) | constant; linear "
+                                      "warmup first")
+    warmup_steps: int = _key(20, "steps of linear warmup from 0 to train.lr")
+    decay_steps: int = _key(0, "wsd: the final steps of linear decay to train.min_lr")
+    weight_decay: float = _key(0.1, "AdamW weight decay (matrices only, not norms)")
+    beta1: float = _key(0.9, "AdamW β1")
+    beta2: float = _key(0.95, "AdamW β2")
+    adam_eps: float = _key(1e-8, "AdamW epsilon")
+    grad_clip: float = _key(1.0, "clip the global gradient norm to this; 0: no clipping")
+    eval_interval: int = _key(0, "validate every N steps; 0: only at the end")
+    eval_batches: int = _key(8, "validation micro-batches (the first windows of the split)")
+    recompute_activations: bool = _key(False, "recompute each layer's activations in the "
+                                              "backward pass (memory for compute)")
+    exit_duration_mins: float = _key(0.0, "save and exit with code 75 after this wall time "
+                                          "(a Slurm time limit); 0: off")
 
 
 @dataclass
 class ParallelConfig:
-    tp: int = 1  # tensor parallel size
-    pp: int = 1  # pipeline parallel size (1F1B schedule)
-    vpp: int = 0  # virtual stages per pipeline rank (interleaved 1F1B); 0: off
-    sp: bool = False  # sequence parallelism (needs tp > 1)
-    zero_stage: int = 1  # DeepSpeed ZeRO stage: 1 (optimizer states), 2 (+grads), 3 (+params)
+    tp: int = _key(1, "tensor-parallel size")
+    pp: int = _key(1, "pipeline stages (1F1B schedule)")
+    vpp: int = _key(0, "virtual stages per pipeline rank (interleaved 1F1B); 0: off")
+    sp: bool = _key(False, "sequence parallelism (needs parallel.tp > 1)")
+    zero_stage: int = _key(1, "DeepSpeed ZeRO: 1 (optimizer states), 2 (+ gradients), 3 (+ "
+                              "parameters); 1 with parallel.pp > 1")
 
 
 @dataclass
 class PrecisionConfig:
-    dtype: str = "auto"  # auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16
+    dtype: str = _key("auto", "auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 (bf16 "
+                              "weights and activations, fp32 master weights)")
 
 
 @dataclass
 class DataConfig:
-    # Prepared shard directories (`nextlat-pt prepare-data`) blended by weight:
-    # [{path: DIR, weight: w}, ...]; empty: the built-in corpus.
-    train: list[dict[str, Any]] = field(default_factory=list)
-    valid: str = ""  # a prepared shard directory for validation
-    tokenizer: str = ""  # tokenizer dir or .model; must match the shards' fingerprint
-    on_error: str = "raise"  # raise | skip (corrupt samples skipped and counted)
-    prefetch: int = 2  # global batches read ahead in a background thread
-    builtin_vocab_size: int = 4096
-    cache_dir: str = ""  # default: runs/.cache
+    train: list[dict[str, Any]] = _key([], "prepared datasets blended by weight: [{path: DIR, "
+                                           "weight: w}, ...]; []: the built-in corpus")
+    valid: str = _key("", "a prepared dataset for validation; empty: the first training "
+                          "dataset's valid split")
+    tokenizer: str = _key("", "tokenizer.model or its directory; empty: the one prepare-data "
+                              "stored with the first dataset (fingerprints must match)")
+    on_error: str = _key("raise", "raise | skip (corrupt samples skipped and counted)")
+    prefetch: int = _key(2, "global batches read ahead in a background thread")
+    builtin_vocab_size: int = _key(4096, "the built-in corpus's tokenizer vocabulary")
+    cache_dir: str = _key("", "where the built-in corpus is cached; empty: runs/.cache")
 
 
 @dataclass
 class LoggingConfig:
-    interval: int = 10
-    wandb: str = "offline"  # offline | online | disabled
-    wandb_project: str = "nextlat_pt"
-    plot: bool = True
+    interval: int = _key(10, "a progress line and a metrics.jsonl record every N steps")
+    wandb: str = _key("offline", "offline | online | disabled")
+    wandb_project: str = _key("nextlat_pt", "the wandb project")
+    plot: bool = _key(True, "write loss.png when the run ends")
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 0  # 0: only at the end of training
-    dir: str = ""  # default: <run.dir>/checkpoints
-    keep: int = 3  # keep the newest N complete checkpoints; 0: all
-    async_save: bool = False  # write in background processes; training goes on meanwhile
-    resume: bool = True  # continue from the newest complete checkpoint in `dir`
-    load: str = ""  # start from another run's checkpoint (a step dir or a checkpoints dir)
-    load_weights_only: bool = False  # with `load`: weights only (fine-tuning)
+    interval: int = _key(0, "save every N steps; 0: only at the end (and when stopped)")
+    dir: str = _key("", "where checkpoints go; empty: <run.dir>/checkpoints")
+    keep: int = _key(3, "keep the newest N checkpoints that pass verification; 0: all")
+    async_save: bool = _key(False, "write in background processes while training goes on")
+    resume: bool = _key(True, "continue from the newest usable checkpoint in checkpoint.dir")
+    load: str = _key("", "start from another run's checkpoint: a run, checkpoints or step "
+                         "directory")
+    load_weights_only: bool = _key(False, "with checkpoint.load: weights only (fine-tuning); "
+                                          "optimizer, RNG and data position start fresh")
 
 
 @dataclass
@@ -550,3 +580,51 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"train.decay_steps={t.decay_steps} must lie in [1, max_steps - warmup_steps = "
             f"{t.max_steps - t.warmup_steps}] for train.lr_schedule=wsd"
         )
+
+
+def check_paths(cfg: Config) -> None:
+    """Raise ConfigError for a path key that names nothing usable, before anything heavy is
+    imported: `data.train`, `data.valid`, `data.tokenizer`, `checkpoint.load`."""
+    for i, source in enumerate(cfg.data.train):
+        _check_dataset_dir(f"data.train[{i}].path", source["path"])
+    if cfg.data.valid:
+        _check_dataset_dir("data.valid", cfg.data.valid)
+    if cfg.data.tokenizer:
+        path = Path(cfg.data.tokenizer)
+        if not path.exists():
+            raise ConfigError(
+                f"data.tokenizer={cfg.data.tokenizer} does not exist; set it to the "
+                f"tokenizer.model (or its directory) the data was prepared with, or leave it "
+                f"empty to use the one prepare-data stored with the first dataset")
+        if path.is_dir() and not (path / "tokenizer.model").is_file():
+            raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} is a directory without "
+                              f"tokenizer.model; point at the .model file itself")
+    if cfg.checkpoint.load and not Path(cfg.checkpoint.load).exists():
+        raise ConfigError(f"checkpoint.load={cfg.checkpoint.load} does not exist; give a run "
+                          f"directory, its checkpoints directory or one step_N directory")
+
+
+def _check_dataset_dir(key: str, value: str) -> None:
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key}={value} does not exist; run `nextlat-pt prepare-data ... "
+                          f"--output {value}` or fix the path")
+    if not path.is_dir():
+        raise ConfigError(f"{key}={value} is a file; give the directory `nextlat-pt "
+                          f"prepare-data --output` wrote (or its train/valid split)")
+
+
+def weight_shape(cfg: Config) -> dict[str, Any]:
+    """The resolved settings that fix the shapes of the saved weights: a checkpoint loads only
+    into a model that agrees on all of them (ψ's width only when both have ψ)."""
+    shape = {
+        "model.num_layers": cfg.model.num_layers,
+        "model.hidden_size": cfg.model.hidden_size,
+        "model.num_heads": cfg.model.num_heads,
+        "model.num_query_groups": cfg.num_query_groups,
+        "model.ffn_hidden_size": cfg.ffn_hidden_size,
+        "model.tie_embeddings": cfg.model.tie_embeddings,
+    }
+    if cfg.uses_psi:
+        shape["nextlat.psi_width"] = cfg.psi_width
+    return shape

@@ -219,3 +219,23 @@ def nextlat_to_ntp_ratio(spec: ModelSpec, seq_len: int, horizon: int,
     """Predicted cost of a NextLat(d) step relative to an NTP step on the same trunk."""
     ntp = flops_per_token(spec, seq_len, 0, nextlat=False)
     return flops_per_token(spec, seq_len, horizon, nextlat=True, with_kl=with_kl).ratio_to(ntp)
+
+
+# Dense bf16 tensor-core peaks per device (vendor datasheets, without sparsity), matched in
+# order as substrings of torch.cuda.get_device_name(): the first match wins. MFU is measured
+# against them (the trainer's progress line, bench/gpu/check_gpu.py).
+PEAK_BF16_TFLOPS = [
+    ("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),
+    ("H100", 989.4), ("H800", 989.4), ("A100", 312.0), ("L40S", 362.1), ("A10G", 70.0),
+]
+
+
+def peak_tflops(device_name: str, override: float | None = None) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s: the override, else the table, else None."""
+    if override:
+        return override
+    for key, value in PEAK_BF16_TFLOPS:
+        if key in device_name:
+            return value
+    return None
+

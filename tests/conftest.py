@@ -69,3 +69,25 @@ def parallel_tp1():
 def corpus_cache(tmp_path_factory) -> Path:
     """One built-in-corpus cache (tokenizer + tokens) shared by every end-to-end run."""
     return tmp_path_factory.mktemp("corpus_cache")
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory) -> Path:
+    """A tiny random Llama folder (1 layer, D=32, vocab 600) with a sentencepiece
+    tokenizer.model: `convert --to nextlat` turns it into a checkpoint in a second."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nextlat_pt.data.builtin_corpus import stdlib_source_files
+    from nextlat_pt.data.tokenizer import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("hf_folder")
+    sp = train_sentencepiece(stdlib_source_files()[:20], root / "sp", 600, num_threads=1)
+    folder = root / "hf"
+    config = LlamaConfig(vocab_size=600, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=32)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    shutil.copyfile(sp, folder / "tokenizer.model")
+    return folder

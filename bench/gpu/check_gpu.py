@@ -40,9 +40,10 @@ NextLat, ψ's three matmuls over the rollout and the frozen-head KL matmuls (for
 input gradient only), weighted by the rollout's coverage. Elementwise work, the CE/KL
 softmaxes, the optimizer and activation recomputation are not counted. `mfu_trunk` counts only
 the NTP part (trunk + attention) for every objective: the language model's utilisation; `mfu`
-counts NextLat's extra matmuls as useful work too. The peak comes from PEAK_BF16_TFLOPS, keyed
-by `torch.cuda.get_device_name()` (H100 SXM and H200: 989.4 TFLOP/s dense bf16), or
-`--peak-tflops`; for an unknown device without the flag MFU is left out (null).
+counts NextLat's extra matmuls as useful work too. The peak comes from
+nextlat_pt.flops.PEAK_BF16_TFLOPS, keyed by `torch.cuda.get_device_name()` (H100 SXM and
+H200: 989.4 TFLOP/s dense bf16), or `--peak-tflops`; for an unknown device without the flag
+MFU is left out (null).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from typing import Any
 import torch
 import yaml
 
+from nextlat_pt.flops import peak_tflops  # the device peaks (PEAK_BF16_TFLOPS)
+
 BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BENCH))  # benchlib, nextlat_overhead, memory_peak
 
@@ -67,25 +70,9 @@ from benchlib import machine_info, median_time  # noqa: E402
 REPO = BENCH.parent
 DEFAULT_JSON = BENCH / "results" / "gpu_latest.json"
 SECTIONS = ["attention", "model_parity", "training", "memory", "nccl", "psi"]
-# Dense bf16 tensor-core peaks (vendor datasheets, without sparsity), matched in order as
-# substrings of torch.cuda.get_device_name(): the first match wins.
-PEAK_BF16_TFLOPS = [
-    ("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),
-    ("H100", 989.4), ("H800", 989.4), ("A100", 312.0), ("L40S", 362.1), ("A10G", 70.0),
-]
 # configs/1b.yaml sections that describe the model and objective (the rest is the run's).
 MODEL_SECTIONS = ("model", "nextlat")
 GPT2_VOCAB = 50257
-
-
-def peak_tflops(device_name: str, override: float | None) -> float | None:
-    """The device's dense bf16 peak in TFLOP/s: the override, else the table, else None."""
-    if override:
-        return override
-    for key, value in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return value
-    return None
 
 
 def config_overrides(name: str = "1b") -> list[str]:
@@ -325,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense bf16 peak (default: from PEAK_BF16_TFLOPS)")
+                        help="the device's dense bf16 peak (default: nextlat_pt.flops."
+                             "PEAK_BF16_TFLOPS)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {', '.join(SECTIONS)}")
     parser.add_argument("--dry-run", "--cpu-smoke", dest="dry_run", action="store_true",

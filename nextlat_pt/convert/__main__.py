@@ -1,14 +1,10 @@
 """`python -m nextlat_pt.convert --to hf|nextlat SRC OUT ...`."""
 
-import os
 import sys
-import warnings
 
 from nextlat_pt.convert.cli import convert_main
+from nextlat_pt.quiet import silence_library_noise
 
 if __name__ == "__main__":
-    # megatron-core and DeepSpeed warn at import about missing TransformerEngine/Apex.
-    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    silence_library_noise()
     sys.exit(convert_main())

@@ -103,20 +103,39 @@ def run_subcommand(parser: argparse.ArgumentParser, run: Callable[[argparse.Name
     """Parse `argv`, run, and turn the project's input errors into one line and exit 2.
 
     Shared by `convert`, `eval` and `generate`; `errors` adds a command's own error types.
+    Nothing heavy is imported here: `--help` and the argument checks answer at once.
     """
-    from nextlat_pt.config import ConfigError
-    from nextlat_pt.train.checkpoint import CheckpointError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        run(parser.parse_args(argv))
-    except SystemExit as exit_:  # --help
+        args = parser.parse_args(argv)  # --help answers here, before anything heavy loads
+    except SystemExit as exit_:
         return int(exit_.code or 0)
-    except (UsageError, ConvertError, ConfigError, CheckpointError, FileNotFoundError,
-            *errors) as err:
+    except UsageError as err:
+        print(f"nextlat-pt: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run(args)
+    except Exception as err:
+        if not isinstance(err, (*_loaded_user_errors(), *errors)):
+            raise
         print(f"nextlat-pt: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+# The project's one-line input errors, by module. Looked up only in modules already imported
+# (an error cannot come from one that is not), so that arguments are checked, and --help is
+# answered, before megatron and torch load.
+_USER_ERRORS = (("nextlat_pt.config", "ConfigError"), ("nextlat_pt.data.errors", "DataError"),
+                ("nextlat_pt.train.checkpoint", "CheckpointError"))
+
+
+def _loaded_user_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [UsageError, ConvertError, FileNotFoundError]
+    for module, name in _USER_ERRORS:
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def convert_main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from nextlat_pt.config import Config, ConfigError, load_config
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.train.checkpoint import (
+    CHECKPOINT_TOKENIZER,
     MARKER,
     CheckpointError,
     is_complete,
@@ -40,6 +41,40 @@ class NextLatCheckpoint:
     def layout(self) -> dict[str, Any]:
         """The parallel layout it was saved with (as recorded; may be a marker dict)."""
         return self.state.get("layout") or {}
+
+    def recorded_path(self, recorded: str | None) -> Path | None:
+        """A path the trainer recorded, if it still exists. Checkpoints record absolute
+        paths; older ones recorded them relative to where training ran, which is found
+        from where the checkpoint sits when its directory was given relative too
+        (`<there>/<checkpoint dir>/step_N`). The current directory is tried as well."""
+        if not recorded:
+            return None
+        path = Path(recorded)
+        candidates = [path]
+        if not path.is_absolute():
+            training_cwd = _training_cwd(self.path.resolve().parent, self.config.checkpoint_dir)
+            if training_cwd is not None:
+                candidates.insert(0, training_cwd / path)
+        return next((p for p in candidates if p.exists()), None)
+
+    def tokenizer_file(self) -> Path | None:
+        """The sentencepiece model: the copy in the checkpoint, else the recorded one."""
+        copy = self.path / CHECKPOINT_TOKENIZER
+        if copy.is_file():
+            return copy
+        found = self.recorded_path(self.state["tokenizer"].get("path"))
+        return found if found is not None and found.is_file() else None
+
+
+def _training_cwd(checkpoints: Path, recorded_dir: Path) -> Path | None:
+    """The directory training ran in, if `recorded_dir` (relative) ends `checkpoints`."""
+    if recorded_dir.is_absolute() or not recorded_dir.parts:
+        return None
+    parts = checkpoints.parts
+    tail = recorded_dir.parts
+    if len(parts) <= len(tail) or parts[-len(tail):] != tail:
+        return None
+    return Path(*parts[:-len(tail)])
 
 
 def is_nextlat_checkpoint_dir(path: Path) -> bool:

@@ -146,10 +146,12 @@ def resolve_tokenizer(ckpt: NextLatCheckpoint, override: str | Path | None) -> T
         path = Path(override)
         path = path / "tokenizer.model" if path.is_dir() else path
     else:
-        path = Path(recorded.get("path") or "")
-        if not path.is_file():
-            raise ConvertError(f"the checkpoint's tokenizer {path} is gone; pass --tokenizer "
-                               f"PATH (the tokenizer.model it was trained with)")
+        found = ckpt.tokenizer_file()
+        if found is None:
+            raise ConvertError(f"{ckpt.path} holds no tokenizer.model and the one it recorded "
+                               f"({recorded.get('path')}) is gone; pass --tokenizer PATH (the "
+                               f"tokenizer.model it was trained with)")
+        path = found
     if not path.is_file():
         raise ConvertError(f"tokenizer {path} not found")
     tokenizer = Tokenizer.load(path)
@@ -198,7 +200,7 @@ def export_to_hf(src: str | Path, out_dir: str | Path, *, dtype: str = "auto",
         write_safetensors(tmp, groups, max_shard_bytes, out_dtype, progress)
         num_parameters = sum(g.nbytes for g in groups) // out_dtype.itemsize
         llama_config(shape, dtype_name).save_pretrained(str(tmp))
-        _generation_config(shape).save_pretrained(str(tmp))
+        _generation_config().save_pretrained(str(tmp))
         has_psi = reader.has(lm.PSI_KEYS["fc1.weight"])
         if has_psi:
             psi = reader.read({name: (key, None) for name, key in lm.PSI_KEYS.items()})
@@ -241,11 +243,25 @@ def final_metrics(ckpt: NextLatCheckpoint) -> dict[str, Any]:
     return metrics
 
 
-def _generation_config(shape: LlamaShape):
+def _generation_config():
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-                            max_length=shape.max_position_embeddings)
+    # No max_length: transformers warns on every generate(max_new_tokens=...) when the
+    # config sets one; the position limit is in config.json.
+    return GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+
+
+def _resolved_data(ckpt: NextLatCheckpoint) -> dict[str, Any] | None:
+    """The trainer state's data record with its paths made absolute where they still exist
+    (`eval` on the export reads the validation split from here)."""
+    data = ckpt.state.get("data")
+    if not data:
+        return data
+    valid = ckpt.recorded_path(data.get("valid"))
+    sources = [dict(s, path=str((ckpt.recorded_path(s.get("path")) or Path(s["path"]))
+                               .resolve())) for s in data.get("sources") or []]
+    return dict(data, sources=sources,
+                valid=str(valid.resolve()) if valid is not None else data.get("valid"))
 
 
 def _export_info(ckpt: NextLatCheckpoint, shape: LlamaShape, num_parameters: int,
@@ -264,7 +280,7 @@ def _export_info(ckpt: NextLatCheckpoint, shape: LlamaShape, num_parameters: int
         "last_metrics": final_metrics(ckpt),
         "tokenizer": {"fingerprint": sp.fingerprint, "vocab_size": sp.vocab_size,
                       "file": "tokenizer.model"},
-        "data": state.get("data"),
+        "data": _resolved_data(ckpt),
         "shape": asdict(shape),
         "num_parameters": num_parameters,
         "training_config": ckpt.config.to_dict(),

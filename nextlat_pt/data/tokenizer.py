@@ -55,8 +55,8 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"tokenizer model {path} not found; train one with train_sentencepiece() "
-                "or point to an existing .model file"
+                f"tokenizer model {path} not found; train one with `nextlat-pt "
+                "train-tokenizer` or point to an existing .model file"
             )
         # Read once and hand the same bytes to sentencepiece, so the fingerprint always
         # describes exactly the model in use.

@@ -1,13 +1,14 @@
 """`nextlat-pt eval`: validation loss / perplexity of a checkpoint or an HF folder, latent
 diagnostics, and lm-eval-harness on the export.
 
-    nextlat-pt eval CHECKPOINT_OR_HF_DIR [--data SHARDS] [--max-batches 8] [--batch-size 8]
+    nextlat-pt eval CHECKPOINT_OR_HF_DIR [--data SHARDS] [--max-batches N] [--batch-size 8]
     nextlat-pt eval CHECKPOINT_OR_HF_DIR --diagnostics [--probe-offsets 8]
                     [--rank-sequences 256] [--rank-tokens 256]
     nextlat-pt eval compare A B [--data SHARDS] [diagnostics options]   (eval/compare.py)
     nextlat-pt eval CHECKPOINT_OR_HF_DIR --lm-eval [--tasks nextlat_next_line,...] [--limit N]
 
-Without --data the validation split the model was trained with is used, when recorded.
+Without --data the validation split the model was trained with is used, when recorded; the
+whole split is scored unless --max-batches limits it.
 A checkpoint is exported to a temporary folder for the harness.
 """
 
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from nextlat_pt.convert.cli import ErrorParser, UsageError
-from nextlat_pt.convert.errors import ConvertError
 
 
 def build_parser() -> ErrorParser:
@@ -33,12 +33,12 @@ def build_parser() -> ErrorParser:
     parser.add_argument("model", type=Path,
                         help="a checkpoint (step, checkpoints or run dir) or an HF folder")
     parser.add_argument("--data", type=Path, default=None,
-                        help="prepared shards (prepare-data output or a dataset dir; its "
-                             "valid split); default: the validation data recorded with the "
-                             "model")
+                        help="prepared shards: a prepare-data output (its valid split, else "
+                             "its only split) or one split's directory; default: the "
+                             "validation data recorded with the model")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch")
-    parser.add_argument("--max-batches", type=int, default=8,
-                        help="validation batches (the first windows of the split)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="score only the first N batches (default: the whole split)")
     parser.add_argument("--no-tokenizer-check", action="store_true",
                         help="score shards made with another tokenizer (fingerprint)")
     parser.add_argument("--lm-eval", action="store_true",
@@ -49,6 +49,13 @@ def build_parser() -> ErrorParser:
     parser.add_argument("--limit", type=int, default=None, help="harness: docs per task")
     parser.add_argument("--task-dir", type=Path, default=None,
                         help="where to write the tasks' data and YAML (default: a temp dir)")
+    parser.add_argument("--task-data", nargs="+", default=None, metavar="PATH",
+                        help="build the harness tasks from your own held-out data: text files, "
+                             "directories or globs (.txt, .jsonl[.gz|.zst]), or one prepared "
+                             "dataset (its valid split); default: the built-in corpus's "
+                             "held-out files")
+    parser.add_argument("--text-field", default="text",
+                        help="--task-data JSON lines: the field holding the text")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also the latent diagnostics: effective rank of the final hidden "
                              "states and linear probes for the tokens 1..K ahead")
@@ -58,12 +65,30 @@ def build_parser() -> ErrorParser:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    from nextlat_pt.eval.sources import check_model_dir, open_model, recorded_valid
-
-    if args.batch_size < 1 or args.max_batches < 1:
+    if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
         raise UsageError("--batch-size and --max-batches must be at least 1")
     check_diagnostics_args(args)
+    if args.task_data and not args.lm_eval:
+        raise UsageError("--task-data builds the --lm-eval tasks; add --lm-eval")
+    if args.lm_eval:  # before any validation or export, which can take minutes
+        from nextlat_pt.eval.lm_eval_check import lm_eval_missing
+
+        missing = lm_eval_missing()
+        if missing:
+            raise UsageError(missing)
+    args.task_sources = None
+    if args.task_data:  # read now: a wrong path is reported before the model is scored
+        from nextlat_pt.eval.tasks import user_sources
+
+        args.task_sources = user_sources(args.task_data, args.text_field)
+        print(f"lm-eval tasks from {len(args.task_sources)} documents of "
+              f"{' '.join(args.task_data)}", flush=True)
     src: Path = args.model
+    if not src.is_dir():
+        raise UsageError(f"{src} is not a directory; give a checkpoint (step, checkpoints or "
+                         f"run directory) or a Hugging Face folder")
+    from nextlat_pt.eval.sources import check_model_dir, open_model, recorded_valid
+
     hf = check_model_dir(src)
     data = args.data or recorded_valid(src, hf)
     out: dict[str, Any] = {}
@@ -76,7 +101,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         model = open_model(src, hf)
         result = validation_loss(model, data, args.batch_size, args.max_batches,
-                                 check_tokenizer=not args.no_tokenizer_check)
+                                 check_tokenizer=not args.no_tokenizer_check, progress=True)
         print(f"{model.description}: {result.summary()}", flush=True)
         out["validation"] = result.to_dict()
         if args.diagnostics:
@@ -93,21 +118,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_diagnostics_args(parser: argparse.ArgumentParser) -> None:
     """The options of the latent diagnostics (shared by `eval` and `eval compare`)."""
-    from nextlat_pt.eval.diagnostics import probes, report
+    from nextlat_pt.eval import defaults
 
-    parser.add_argument("--rank-sequences", type=int, default=report.DEFAULT_SEQUENCES,
+    parser.add_argument("--rank-sequences", type=int, default=defaults.DIAG_SEQUENCES,
                         help="validation windows for the effective rank and the probes "
                              "(default: %(default)s, the paper's; fewer if the split is "
                              "smaller)")
-    parser.add_argument("--rank-tokens", type=int, default=report.DEFAULT_TOKENS,
+    parser.add_argument("--rank-tokens", type=int, default=defaults.DIAG_TOKENS,
                         help="tokens per window (default: %(default)s; at most the split's "
                              "seq_len)")
-    parser.add_argument("--probe-offsets", type=int, default=report.DEFAULT_OFFSETS,
+    parser.add_argument("--probe-offsets", type=int, default=defaults.PROBE_OFFSETS,
                         help="linear probes for the tokens 1..K ahead (default: %(default)s; "
                              "0: none)")
-    parser.add_argument("--probe-steps", type=int, default=probes.DEFAULT_STEPS,
+    parser.add_argument("--probe-steps", type=int, default=defaults.PROBE_STEPS,
                         help="AdamW steps per probe (default: %(default)s)")
-    parser.add_argument("--probe-lr", type=float, default=probes.DEFAULT_LR,
+    parser.add_argument("--probe-lr", type=float, default=defaults.PROBE_LR,
                         help="probe learning rate (default: %(default)s)")
 
 
@@ -148,29 +173,20 @@ def _harness(src: Path, hf: bool, args: argparse.Namespace) -> dict[str, Any]:
             export_to_hf(src, model_dir, progress=False)
             print(f"exported {src} to a temporary folder for the harness", flush=True)
         task_dir = args.task_dir or Path(tmp) / "tasks"
-        results = run_lm_eval(model_dir.resolve(), task_dir, tasks=tasks, limit=args.limit)
+        results = run_lm_eval(model_dir.resolve(), task_dir, tasks=tasks, limit=args.limit,
+                              sources=args.task_sources)
     print(results_table(results), flush=True)
     return results["results"]
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """`nextlat-pt eval ...`; returns the exit code (2 on bad input)."""
-    from nextlat_pt.config import ConfigError
-    from nextlat_pt.data.errors import DataError
-    from nextlat_pt.train.checkpoint import CheckpointError
+    from nextlat_pt.convert.cli import run_subcommand
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv and argv[0] == "compare":  # a model folder named so: give it as ./compare
-            from nextlat_pt.eval.compare import run_compare
+    if argv and argv[0] == "compare":  # a model folder named so: give it as ./compare
+        from nextlat_pt.eval.compare import build_parser as compare_parser
+        from nextlat_pt.eval.compare import compare
 
-            run_compare(argv[1:])
-        else:
-            _run(build_parser().parse_args(argv))
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except (UsageError, ConvertError, ConfigError, CheckpointError, DataError,
-            FileNotFoundError) as err:
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return run_subcommand(compare_parser(), compare, argv[1:])
+    return run_subcommand(build_parser(), _run, argv)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nextlat_pt.convert.cli import ErrorParser, UsageError
-from nextlat_pt.eval.diagnostics import DiagnosticsResult, load_windows, run_diagnostics
-from nextlat_pt.eval.diagnostics.hidden import DEFAULT_BATCH_SIZE
+from nextlat_pt.eval import defaults
+
+if TYPE_CHECKING:
+    from nextlat_pt.eval.diagnostics import DiagnosticsResult
 
 
 def build_parser() -> ErrorParser:
@@ -35,7 +37,7 @@ def build_parser() -> ErrorParser:
     parser.add_argument("--data", type=Path, default=None,
                         help="prepared shards (their valid split); default: the validation "
                              "data recorded with A")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=int, default=defaults.FORWARD_BATCH_SIZE,
                         help="windows per forward pass")
     parser.add_argument("--no-tokenizer-check", action="store_true",
                         help="compare even when the tokenizers differ or are unknown")
@@ -83,10 +85,15 @@ def _check_tokenizers(args: argparse.Namespace, hf_a: bool, hf_b: bool) -> str |
 
 def run_compare(argv: list[str]) -> dict[str, Any]:
     """Parse `eval compare` arguments, run both models, print the table; returns the JSON."""
+    return compare(build_parser().parse_args(argv))
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both models of parsed `eval compare` arguments, print the table; returns the JSON."""
     from nextlat_pt.eval.cli import check_diagnostics_args
+    from nextlat_pt.eval.diagnostics import load_windows, run_diagnostics
     from nextlat_pt.eval.sources import check_model_dir, open_model
 
-    args = build_parser().parse_args(argv)
     check_diagnostics_args(args)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")

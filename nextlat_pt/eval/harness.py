@@ -15,13 +15,17 @@ from typing import Any
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.convert.to_hf import EXPORT_INFO
 from nextlat_pt.data.tokenizer import EOS_ID
+from nextlat_pt.eval.lm_eval_check import lm_eval_missing
 from nextlat_pt.eval.tasks import TASKS, write_tasks
 
 
 def run_lm_eval(hf_dir: Path, task_dir: Path, tasks: list[str] | None = None,
                 limit: int | None = None, batch_size: int = 8, device: str = "cpu",
-                num_questions: int = 100) -> dict[str, Any]:
-    """Run the harness on `hf_dir`; returns lm-eval's results dict (with "results").
+                num_questions: int = 100, sources: list[tuple[str, str]] | None = None
+                ) -> dict[str, Any]:
+    """Run the harness on `hf_dir`; returns lm-eval's results dict (with "results"). The
+    tasks are built from `sources` ((name, text) documents), by default the built-in
+    corpus's held-out files.
 
     For our exports a document's first token is scored after </s>: our models never saw
     <s> (documents were packed after EOS), while lm-eval's default prefix is the BOS token.
@@ -30,15 +34,13 @@ def run_lm_eval(hf_dir: Path, task_dir: Path, tasks: list[str] | None = None,
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-    except ImportError as err:
-        raise ConvertError(
-            "lm-eval is not installed; install it with the torch you have pinned: "
-            "pip install -c <(echo torch==$(python -c 'import torch; print(torch.__version__)'"
-            ".split('+')[0])) \"lm-eval[hf]==0.4.13\"") from err
-    available = write_tasks(task_dir, num_questions=num_questions)
+    missing = lm_eval_missing()
+    if missing:
+        raise ConvertError(missing)
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    available = write_tasks(task_dir, num_questions=num_questions, sources=sources)
     tasks = list(tasks or TASKS)
     unknown = [t for t in tasks if t not in available]
     if unknown:

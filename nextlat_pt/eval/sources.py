@@ -31,14 +31,14 @@ def recorded_valid(model_dir: Path, hf: bool) -> Path | None:
     try:
         if hf:
             info = json.loads((model_dir / EXPORT_INFO).read_text())
-        else:
-            from nextlat_pt.convert.source import open_checkpoint
+            valid = (info.get("data") or {}).get("valid")
+            return Path(valid) if valid and Path(valid).exists() else None
+        from nextlat_pt.convert.source import open_checkpoint
 
-            info = open_checkpoint(model_dir, verify=False).state
+        ckpt = open_checkpoint(model_dir, verify=False)
     except (OSError, json.JSONDecodeError, ConvertError):
         return None
-    valid = (info.get("data") or {}).get("valid")
-    return Path(valid) if valid and Path(valid).exists() else None
+    return ckpt.recorded_path((ckpt.state.get("data") or {}).get("valid"))
 
 
 def tokenizer_fingerprint(src: Path, hf: bool) -> str | None:

@@ -1,14 +1,10 @@
 """`python -m nextlat_pt.generate MODEL --prompt TEXT --max-new-tokens N ...`."""
 
-import os
 import sys
-import warnings
 
 from nextlat_pt.generate.cli import generate_main
+from nextlat_pt.quiet import silence_library_noise
 
 if __name__ == "__main__":
-    # megatron-core and DeepSpeed warn at import about missing TransformerEngine/Apex.
-    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    silence_library_noise()
     sys.exit(generate_main())

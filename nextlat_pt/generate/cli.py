@@ -15,12 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from nextlat_pt.convert.cli import ErrorParser, UsageError, run_subcommand
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # torch dtypes, named (no torch import)
 SEPARATOR = "\n" + "-" * 40 + "\n"
 
 
@@ -70,12 +67,13 @@ def build_parser() -> ErrorParser:
                              "model or recorded in the checkpoint)")
     parser.add_argument("--ignore-eos", action="store_true",
                         help="do not stop a prompt at the end-of-document token")
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="compute dtype (default float32)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--jsonl", action="store_true",
-                        help="stdout: one JSON object per prompt (prompt, completion, ids)")
+                        help="stdout: one JSON object per prompt with the keys prompt, "
+                             "completion and new_ids (the generated token ids)")
     parser.add_argument("--stats-json", type=Path,
                         help="also write the statistics to this JSON file")
     return parser
@@ -186,12 +184,17 @@ def stats_line(stats, mode: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
+    _check_args(args)  # every argument and path check before torch is imported
+    prompts = read_prompts(args)
+    if not args.model.exists():
+        raise UsageError(f"{args.model} does not exist; give a checkpoint (step, checkpoints "
+                         f"or run directory) or a Hugging Face export folder")
+    import torch
+
     from nextlat_pt.generate.sampling import SamplingParams
     from nextlat_pt.generate.speculative import GenerationStats, generate
     from nextlat_pt.generate.weights import load_weights, target_and_drafter
 
-    _check_args(args)
-    prompts = read_prompts(args)
     policy = _policy(args)
     weights = load_weights(args.model)
     if policy is not None and weights.psi is None:
@@ -201,7 +204,7 @@ def _run(args: argparse.Namespace) -> None:
     ids = _encode(tokenizer, prompts, weights.shape.max_position_embeddings,
                   args.max_new_tokens)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    target, drafter = target_and_drafter(weights, DTYPES[args.dtype], device,
+    target, drafter = target_and_drafter(weights, getattr(torch, args.dtype), device,
                                          with_drafter=policy is not None)
     sampling = SamplingParams(greedy=args.greedy, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p)

@@ -85,10 +85,9 @@ def _from_checkpoint(path: Path) -> ModelWeights:
         psi = reader.read({name: (key, None) for name, key in lm.PSI_KEYS.items()})
         psi = {k: v.to(torch.float32) for k, v in psi.items()}
     recorded = ckpt.state["tokenizer"]
-    candidates = [ckpt.path / MODEL_FILE_NAME, Path(recorded.get("path") or "")]
-    tokenizer = next((p for p in candidates if p.is_file()), None)
     return ModelWeights(shape=shape, tensors=tensors, psi=psi,
-                        psi_norm_eps=ckpt.config.model.norm_eps, tokenizer_path=tokenizer,
+                        psi_norm_eps=ckpt.config.model.norm_eps,
+                        tokenizer_path=ckpt.tokenizer_file(),
                         tokenizer_fingerprint=recorded.get("fingerprint"),
                         description=f"checkpoint {ckpt.path} (step {ckpt.state.get('step')})")
 

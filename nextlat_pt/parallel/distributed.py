@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from nextlat_pt.launch_env import world_from_env
 from nextlat_pt.parallel import cpu_compat
 
 
@@ -32,23 +33,6 @@ class ParallelLayout:
     def is_logging_rank(self) -> bool:
         """The last rank: it owns the last pipeline stage, where the losses live."""
         return self.rank == self.world_size - 1
-
-
-def world_from_env() -> tuple[int, int, int]:
-    """(world_size, rank, local_rank) from torchrun's or Slurm's environment, else (1, 0, 0)."""
-    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
-        return (
-            int(os.environ["WORLD_SIZE"]),
-            int(os.environ["RANK"]),
-            int(os.environ.get("LOCAL_RANK", 0)),
-        )
-    if "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ:
-        return (
-            int(os.environ["SLURM_NTASKS"]),
-            int(os.environ["SLURM_PROCID"]),
-            int(os.environ.get("SLURM_LOCALID", 0)),
-        )
-    return 1, 0, 0
 
 
 def _free_port() -> int:

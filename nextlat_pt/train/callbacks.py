@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,14 +38,30 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _clock(seconds: float) -> str:
+    """H:MM:SS."""
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class ConsoleProgress(Callback):
-    """One progress line per logged step: step, loss terms, lr, tokens/s."""
+    """One progress line per logged step: step, loss terms, lr, then the speed over the
+    steps since the previous line (ms/step and tokens/s of wall time, checkpoint saves and
+    validation included), MFU when the device's peak is known, elapsed time and ETA."""
 
     KEYS = ("loss", "ce", "latent", "kl", "lr", "grad_norm")
 
-    def __init__(self, max_steps: int, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, max_steps: int, stream: TextIO = sys.stdout, start_step: int = 0,
+                 start_tokens: int = 0, flops_per_token: float | None = None,
+                 peak_flops: float | None = None) -> None:
+        """`start_*`: where a resumed run starts; `peak_flops`: the dense peak of all
+        devices together (MFU is left out without)."""
         self.max_steps = max_steps
         self.stream = stream
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self._started = time.monotonic()
+        self._last = (start_step, self._started, start_tokens)  # step, time, tokens seen
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -52,12 +69,27 @@ class ConsoleProgress(Callback):
     def on_train_start(self, info: dict[str, Any]) -> None:
         for key, value in info.items():
             self._print(f"  {key}: {value}")
+        self._started = time.monotonic()
+        self._last = (self._last[0], self._started, self._last[2])
 
     def on_log(self, metrics: dict[str, Any]) -> None:
+        now = time.monotonic()
         width = len(str(self.max_steps))
         parts = [f"step {metrics['step']:>{width}}/{self.max_steps}"]
         parts += [f"{k} {_fmt(metrics[k])}" for k in self.KEYS if metrics.get(k) is not None]
-        parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
+        last_step, last_time, last_tokens = self._last
+        steps = metrics["step"] - last_step
+        if steps > 0 and now > last_time:
+            step_s = (now - last_time) / steps
+            tokens_per_s = (metrics["tokens"] - last_tokens) / (now - last_time)
+            parts += [f"{1000 * step_s:,.0f} ms/step", f"{tokens_per_s:,.0f} tok/s"]
+            if self.flops_per_token and self.peak_flops:
+                mfu = self.flops_per_token * tokens_per_s / self.peak_flops
+                parts.append(f"MFU {100 * mfu:.1f}%")
+            parts.append(f"elapsed {_clock(now - self._started)}")
+            if metrics["step"] < self.max_steps:
+                parts.append(f"ETA {_clock((self.max_steps - metrics['step']) * step_s)}")
+        self._last = (metrics["step"], now, metrics["tokens"])
         self._print(" | ".join(parts))
 
     def on_eval(self, metrics: dict[str, Any]) -> None:

@@ -4,8 +4,10 @@
         model/                       megatron dist_checkpointing (reshardable across TP/PP)
         optim/tp00_pp00_dp000.pt     each rank's DeepSpeed (ZeRO-partitioned) optimizer state
         rng/rank_00000.pt            each rank's torch and megatron-tracker RNG states
-        trainer_state.json           step, consumed samples, layout, tokenizer, data, wandb id
+        trainer_state.json           step, consumed samples, layout, tokenizer, data (absolute
+                                     paths), wandb id
         config.yaml                  the resolved run config
+        tokenizer.model              a copy of the run's tokenizer (the checkpoint stands alone)
         COMPLETE                     written last: the sha256 of every other file
     <checkpoint.dir>/latest          the name of the newest complete checkpoint (atomic)
 
@@ -35,13 +37,16 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException as DcpCheckpointException
 
 from nextlat_pt.config import Config, save_config
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
+from nextlat_pt.train import helper_processes
 from nextlat_pt.train.build import compute_dtype
 
 MARKER = "COMPLETE"
 LATEST = "latest"
+CHECKPOINT_TOKENIZER = "tokenizer.model"  # a copy of the run's tokenizer, in every checkpoint
 FORMAT_VERSION = 1
 
 
@@ -112,10 +117,11 @@ def model_sharded_state_dict(models: list[torch.nn.Module]) -> dict:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGTERM/SIGUSR1 while checkpoint writers start: dist_checkpointing spawns a
-    helper process that inherits the mask, so a signal sent to every process of the job (a
-    Slurm step signal, scancel) cannot kill the writer mid-save. The signal is delivered to
-    this process (and recorded by the preemption watcher) when the block ends."""
+    """Hold SIGTERM/SIGUSR1 while checkpoint writers start, so a signal sent to every process
+    of the job (a Slurm step signal, scancel) cannot reach a writer between its fork and the
+    moment it ignores stop signals and unblocks them (`helper_processes.die_with_parent`).
+    The signal is delivered to this process (and recorded by the preemption watcher) when
+    the block ends."""
     held = {signal.SIGTERM, signal.SIGUSR1}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
@@ -166,6 +172,17 @@ def check_metadata_is_plain(path: Path) -> None:
         _MetadataUnpickler(f).load()
 
 
+def _first_line(err: BaseException) -> str:
+    """The gist of a loader error: torch.distributed.checkpoint wraps each rank's exception
+    (with its traceback) in one whose own text only lists the ranks."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        err = inner[0] if isinstance(inner, tuple) else inner
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
 def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: int = 1) -> None:
     """Load weights saved with any TP/PP layout into `models` (this process's layout)."""
     if not is_complete(ckpt):
@@ -173,16 +190,18 @@ def load_model_weights(models: list[torch.nn.Module], ckpt: Path, zero_stage: in
             f"{ckpt} is not a complete checkpoint (no {MARKER} marker); pick another step"
         )
     check_metadata_is_plain(ckpt / "model" / ".metadata")
+    helper_processes.install(results_queue=False)  # loading writes nothing: no Manager
     with signals_deferred(), _full_parameters(models, zero_stage, modify=True):
         try:
             state = dist_checkpointing.load(model_sharded_state_dict(models),
                                             str(ckpt / "model"))
-        except Exception as err:  # megatron's messages run to many lines
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        # torch.distributed.checkpoint's error derives from BaseException, not Exception;
+        # megatron's messages run to many lines
+        except (Exception, DcpCheckpointException) as err:
             raise CheckpointError(
-                f"{ckpt}: its weights do not fit this model ({type(err).__name__}: "
-                f"{first[:200]}); the model config differs from the checkpoint's, compare "
-                f"with `nextlat-pt ckpt inspect {ckpt} CONFIG`") from err
+                f"{ckpt}: its weights do not fit this model ({_first_line(err)}); the model "
+                f"config differs from the checkpoint's, compare with `nextlat-pt ckpt "
+                f"inspect {ckpt} CONFIG`") from err
         per_model = [state] if len(models) == 1 else [state[f"model{i}"]
                                                       for i in range(len(models))]
         for model, model_state in zip(models, per_model):
@@ -233,6 +252,8 @@ def _safe_load(path: Path) -> Any:
 
 def _write_files(files: dict[str, Any]) -> None:
     """Write {path: object} with torch.save (runs in a forked writer when saving async)."""
+    # Fault injection for the kill-during-save tests: a writer still at work.
+    time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_WRITE_DELAY", "0")))
     for path, obj in files.items():
         torch.save(obj, path)
 
@@ -272,13 +293,15 @@ class AsyncSaves:
 
 
 def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, step: int,
-                    trainer_state: dict[str, Any], async_saves: AsyncSaves | None = None
-                    ) -> Path:
+                    trainer_state: dict[str, Any], async_saves: AsyncSaves | None = None,
+                    retention: Retention | None = None) -> Path:
     """Save model, optimizer, RNG and trainer state for `step` on every rank; returns the dir
     the checkpoint will have once complete (with `async_saves`: after a later `poll`).
 
-    Collective: every rank must call it.
+    Collective: every rank must call it. `retention` decides what pruning may delete (rank 0;
+    default: `checkpoint.keep` with nothing protected).
     """
+    helper_processes.install()  # the writers and the Manager below die with this process
     root = cfg.checkpoint_dir
     final = root / step_dir_name(step)
     tmp = root / (step_dir_name(step) + ".tmp")
@@ -299,11 +322,14 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, ste
         if rank == 0:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             save_config(cfg, tmp / "config.yaml")
+            tokenizer = (state.get("tokenizer") or {}).get("path")
+            if tokenizer and Path(tokenizer).is_file():  # checksummed with the rest
+                shutil.copyfile(tokenizer, tmp / CHECKPOINT_TOKENIZER)
             # Fault injection for the kill-during-save test: a window in which everything
             # but the marker is on disk.
             time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_SAVE_DELAY", "0")))
             _finalize(tmp, final, step)
-            prune(root, cfg.checkpoint.keep)
+            (retention or Retention(root, cfg.checkpoint.keep)).after_save(final)
 
     with signals_deferred(), _full_parameters(models, cfg.parallel.zero_stage, modify=False):
         request = dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"),
@@ -339,12 +365,115 @@ def _finalize(tmp: Path, final: Path, step: int) -> None:
     os.replace(latest_tmp, final.parent / LATEST)
 
 
-def prune(root: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints (0 keeps all); drop stale .tmp dirs."""
-    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and is_complete(p))
-    if keep > 0:
-        for old in complete[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+class Verdicts:
+    """Whether each checkpoint passed its checksums, remembered for this process.
+
+    Hashing a 1B-class checkpoint reads tens of GB, so each directory is hashed at most once
+    per run: the verdict is kept under the marker's identity (inode, size, mtime), which
+    changes when a step is rewritten. Checkpoints this run wrote are good by construction
+    (their checksums were just computed from the files on disk)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+    @staticmethod
+    def _identity(ckpt: Path) -> tuple[int, int, int] | None:
+        try:
+            st = (ckpt / MARKER).stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def record(self, ckpt: Path, problem: str) -> None:
+        """Remember the verdict for `ckpt` ("" = good, else what is wrong)."""
+        identity = self._identity(ckpt)
+        if identity is not None:
+            self._known[str(ckpt.resolve())] = (identity, problem)
+
+    def problem(self, ckpt: Path) -> str:
+        """"" if `ckpt` is a complete checkpoint that passes its checksums, else the reason
+        (hashing it only if this process has no verdict for it yet)."""
+        if ckpt.name.endswith(".tmp"):
+            return f"skipping {ckpt}: an interrupted save (no rename)"
+        if not is_complete(ckpt):
+            return f"skipping {ckpt}: no {MARKER} marker (the save did not finish)"
+        known = self._known.get(str(ckpt.resolve()))
+        if known is not None and known[0] == self._identity(ckpt):
+            return known[1]
+        try:
+            verify_checksums(ckpt)
+            problem = ""
+        except CheckpointError as err:
+            problem = f"skipping {err}"
+        self.record(ckpt, problem)
+        return problem
+
+
+def step_of(ckpt: Path) -> int | None:
+    """The step a `step_N` (or `step_N.tmp`) directory name holds, None for other names."""
+    digits = ckpt.name.removeprefix("step_").removesuffix(".tmp")
+    return int(digits) if ckpt.name.startswith("step_") and digits.isdigit() else None
+
+
+class Retention:
+    """Which checkpoints pruning may delete (`checkpoint.keep`), decided on rank 0.
+
+    - Only checkpoints that pass verification (marker and checksums) count toward `keep`:
+      corrupt ones never push a good one out.
+    - Never deleted: the checkpoint just written, anything with a higher step, the one
+      `latest` names, and `protected` (what was on disk, newer than the step this run started
+      from, when it started: a run that skipped broken checkpoints leaves them for a human).
+    - Checksums are verified only for checkpoints pruning is about to rely on (newest first,
+      until `keep` good ones are found), and at most once per run (`Verdicts`).
+    """
+
+    def __init__(self, root: Path, keep: int, verdicts: Verdicts | None = None) -> None:
+        self.root = root
+        self.keep = keep
+        self.verdicts = verdicts or Verdicts()
+        self.protected: set[str] = set()
+
+    def protect_newer_than(self, step: int) -> None:
+        """Protect every checkpoint on disk now whose step is above `step` (not interrupted
+        saves: a `.tmp` directory can never be used)."""
+        self.protected |= {p.name for p in list_checkpoints(self.root)
+                           if (step_of(p) or 0) > step and not p.name.endswith(".tmp")}
+
+    def after_save(self, written: Path) -> list[Path]:
+        """Record `written` as good (this run wrote it) and prune; returns what was deleted."""
+        self.verdicts.record(written, "")
+        self.protected.discard(written.name)
+        return self.prune(written)
+
+    def prune(self, newest: Path | None = None) -> list[Path]:
+        """Delete checkpoints beyond the newest `keep` good ones (see the class doc)."""
+        if self.keep <= 0:
+            return []
+        ceiling = step_of(newest) if newest is not None else None
+        latest = read_latest(self.root)
+        spared = set(self.protected) | {latest} | ({newest.name} if newest else set())
+        good = 0
+        deleted = []
+        for ckpt in reversed(list_checkpoints(self.root)):  # newest step first
+            step = step_of(ckpt)
+            if step is None or (ceiling is not None and step > ceiling):
+                continue
+            if good < self.keep:
+                # Still filling `keep`: only a verified checkpoint counts; others are left.
+                if not ckpt.name.endswith(".tmp") and not self.verdicts.problem(ckpt):
+                    good += 1
+                continue
+            if ckpt.name in spared:
+                continue
+            shutil.rmtree(ckpt, ignore_errors=True)  # older than `keep` good checkpoints
+            deleted.append(ckpt)
+        return deleted
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Keep the newest `keep` verified checkpoints under `root` (0 keeps all); see
+    `Retention` for what is never deleted. Returns the deleted directories."""
+    return Retention(root, keep).prune()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,23 +507,35 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if p.is_dir())
 
 
-def find_latest_valid(root: Path, warn: Callable[[str], None]) -> Path | None:
+def read_latest(root: Path) -> str:
+    """The directory name `latest` holds ("" when there is none or it is unreadable)."""
+    try:
+        return (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def find_latest_valid(root: Path, warn: Callable[[str], None],
+                      verdicts: Verdicts | None = None) -> Path | None:
     """The newest checkpoint that is complete and passes its checksums; warns about each
-    newer one that is skipped, naming it."""
+    newer one that is skipped, naming it, and about a `latest` that names anything else."""
+    verdicts = verdicts or Verdicts()
+    found = None
     for ckpt in reversed(list_checkpoints(root)):
-        if ckpt.name.endswith(".tmp"):
-            warn(f"skipping {ckpt}: an interrupted save (no rename)")
-            continue
-        if not is_complete(ckpt):
-            warn(f"skipping {ckpt}: no {MARKER} marker (the save did not finish)")
-            continue
-        try:
-            verify_checksums(ckpt)
-        except CheckpointError as err:
-            warn(f"skipping {err}")
-            continue
-        return ckpt
-    return None
+        problem = verdicts.problem(ckpt)
+        if not problem:
+            found = ckpt
+            break
+        warn(problem)
+    latest = read_latest(root)
+    if (root / LATEST).exists() and (found is None or latest != found.name):
+        # A corrupt `latest` target was already named above; report only a garbage or
+        # dangling pointer, which nothing else would mention.
+        if not latest or step_of(root / latest) is None:
+            warn(f"{root / LATEST} holds {latest[:40]!r}, not a checkpoint name; ignoring it")
+        elif not (root / latest).is_dir():
+            warn(f"{root / LATEST} names {latest}, which does not exist; ignoring it")
+    return found
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:

@@ -10,18 +10,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from nextlat_pt.config import ConfigError, load_config
-from nextlat_pt.train.checkpoint import (
-    MARKER,
-    CheckpointError,
-    is_complete,
-    list_checkpoints,
-    verify_checksums,
-)
+
+if TYPE_CHECKING:
+    from nextlat_pt.train.checkpoint import Verdicts
+
+# The checkpoint helpers live in nextlat_pt.train.checkpoint, which loads megatron: imported
+# where used, after the arguments are parsed, so `--help` and usage errors answer at once.
 
 
 def _human(size: float) -> str:
@@ -42,16 +41,17 @@ def _checkpoints_root(path: Path) -> Path:
     return path
 
 
-def _status(ckpt: Path, verify: bool) -> str:
+def _status(ckpt: Path, verify: bool, verdicts: Verdicts | None = None) -> str:
+    from nextlat_pt.train.checkpoint import MARKER, Verdicts, is_complete
+
     if ckpt.name.endswith(".tmp"):
         return "interrupted save"
     if not is_complete(ckpt):
         return f"incomplete (no {MARKER})"
     if verify:
-        try:
-            verify_checksums(ckpt)
-        except CheckpointError as err:
-            return f"corrupt: {str(err).split(': ', 1)[-1]}"
+        problem = (verdicts or Verdicts()).problem(ckpt)
+        if problem:
+            return f"corrupt: {problem.split(': ', 1)[-1]}"
     return "complete"
 
 
@@ -73,10 +73,17 @@ def _state(ckpt: Path) -> dict[str, Any]:
 
 
 def list_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nextlat-pt ckpt list")
-    parser.add_argument("dir", type=Path)
-    parser.add_argument("--verify", action="store_true", help="check every file's sha256")
+    """`ckpt list DIR [--verify]`: one aligned row per step directory, then which checkpoint
+    a relaunch would resume from. Exit code 1 when --verify finds a corrupt checkpoint."""
+    parser = argparse.ArgumentParser(prog="nextlat-pt ckpt list", description=LIST_HELP)
+    parser.add_argument("dir", type=Path, help="a run directory, its checkpoints directory "
+                                               "or one step directory")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every file's sha256 against the COMPLETE marker; exit 1 "
+                             "if any checkpoint fails")
     args = parser.parse_args(argv)
+    from nextlat_pt.train.checkpoint import Verdicts, is_complete, list_checkpoints, read_latest
+
     root = _checkpoints_root(args.dir)
     if is_complete(root) or root.name.startswith("step_"):
         ckpts = [root]
@@ -86,15 +93,48 @@ def list_main(argv: list[str]) -> int:
     if not ckpts:
         print(f"nextlat-pt: error: no checkpoints under {args.dir}", file=sys.stderr)
         return 2
-    latest = (root / "latest").read_text().strip() if (root / "latest").is_file() else ""
-    print(f"{'step':>8}  {'status':<28} {'layout':<22} {'size':>10}  name")
+    verdicts = Verdicts()
+    latest = read_latest(root)
+    rows = [("step", "status", "layout", "size", "name")]
+    details = []
     for ckpt in ckpts:
         state = _state(ckpt)
-        step = state.get("step", "?")
-        mark = "  <- latest" if ckpt.name == latest else ""
-        print(f"{step:>8}  {_status(ckpt, args.verify):<28} {_layout(state):<22} "
-              f"{_human(_dir_size(ckpt)):>10}  {ckpt.name}{mark}")
-    return 0
+        status = _status(ckpt, args.verify, verdicts)
+        if status.startswith("corrupt: "):
+            details.append(f"{ckpt.name}: {status.removeprefix('corrupt: ')}")
+            status = "corrupt"
+        rows.append((str(state.get("step", "?")), status, _layout(state),
+                     _human(_dir_size(ckpt)),
+                     ckpt.name + ("  <- latest" if ckpt.name == latest else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
+              f"{row[3]:>{widths[3]}}  {row[4]}".rstrip())
+    for line in details:
+        print(line)
+    print(_resume_line(root, ckpts, args.verify, verdicts, latest))
+    return 1 if details else 0
+
+
+def _resume_line(root: Path, ckpts: list[Path], verified: bool, verdicts: Verdicts,
+                 latest: str) -> str:
+    """Which checkpoint a relaunch of the run would start from, as `train` decides."""
+    from nextlat_pt.train.checkpoint import find_latest_valid, is_complete
+
+    if not verified:
+        newest = next((c for c in reversed(ckpts) if is_complete(c)), None)
+        if newest is None:
+            return "a relaunch would start from step 0 (no complete checkpoint)"
+        return (f"a relaunch would resume from {newest.name} if its checksums pass (check "
+                f"with --verify)")
+    warnings: list[str] = []
+    chosen = find_latest_valid(root, warnings.append, verdicts)
+    pointer = "".join(f"{w}\n" for w in warnings if w.startswith(str(root / "latest")))
+    if chosen is None:
+        return f"{pointer}a relaunch would start from step 0: no checkpoint passes verification"
+    note = f" (latest names {latest}, which it skips)" if latest and latest != chosen.name \
+        and (root / latest).is_dir() else ""
+    return f"{pointer}a relaunch would resume from {chosen.name}{note}"
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,6 +153,8 @@ def inspect_main(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="a config (YAML or name) to compare with")
     parser.add_argument("overrides", nargs="*", help="section.key=value for that config")
     args = parser.parse_args(argv)
+    from nextlat_pt.train.checkpoint import is_complete
+
     ckpt: Path = args.ckpt
     if not (ckpt / "trainer_state.json").is_file() and not is_complete(ckpt):
         print(f"nextlat-pt: error: {ckpt} is not a checkpoint step directory "
@@ -157,9 +199,28 @@ def inspect_main(argv: list[str]) -> int:
     return 0
 
 
+LIST_HELP = "steps, status, layout and sizes; which checkpoint a relaunch would resume from"
+INSPECT_HELP = ("one checkpoint in detail; with a config (and k=v overrides), the keys that "
+                "differ from the checkpoint's")
+
+
 def main(argv: list[str]) -> int:
-    """Dispatch `ckpt list` / `ckpt inspect`."""
-    if not argv or argv[0] not in ("list", "inspect"):
-        print("usage: nextlat-pt ckpt {list,inspect} ...", file=sys.stderr)
-        return 2
-    return list_main(argv[1:]) if argv[0] == "list" else inspect_main(argv[1:])
+    """Dispatch `ckpt list` / `ckpt inspect` (`ckpt --help` lists both)."""
+    if argv and argv[0] == "list":
+        return list_main(argv[1:])
+    if argv and argv[0] == "inspect":
+        return inspect_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="nextlat-pt ckpt", description="Look at checkpoints without loading them.",
+        epilog="nextlat-pt ckpt list DIR [--verify]\n"
+               "nextlat-pt ckpt inspect STEP_DIR [CONFIG] [section.key=value ...]",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="{list,inspect}")
+    commands.add_parser("list", help=LIST_HELP, add_help=False)
+    commands.add_parser("inspect", help=INSPECT_HELP, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help(sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    print(f"nextlat-pt: error: ckpt knows list and inspect, got {argv[0]!r}; see "
+          f"`nextlat-pt ckpt --help`", file=sys.stderr)
+    return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,13 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from nextlat_pt.config import Config, save_config, validate
+from nextlat_pt.config import Config, check_paths, save_config, validate
 from nextlat_pt.data.builtin_corpus import prepare_builtin_shards
 from nextlat_pt.data.dataset import open_dataset, resolve_dataset_dir
 from nextlat_pt.data.errors import DataError
 from nextlat_pt.data.loader import TrainLoader, make_train_loader, make_valid_batches
 from nextlat_pt.data.tokenizer import Tokenizer
-from nextlat_pt.flops import flops_per_token, parameter_counts
+from nextlat_pt.flops import flops_per_token, parameter_counts, peak_tflops
 from nextlat_pt.memory import estimate_memory
 from nextlat_pt.model.gpt import count_parameters
 from nextlat_pt.parallel import distributed
@@ -32,14 +33,21 @@ from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.parallel.local_engine import LocalEngine
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import AsyncSaves, save_checkpoint, step_dir_name
+from nextlat_pt.train.checkpoint import (
+    CHECKPOINT_TOKENIZER,
+    AsyncSaves,
+    Retention,
+    read_trainer_state,
+    save_checkpoint,
+    step_dir_name,
+)
 from nextlat_pt.train.plot import plot_losses
 from nextlat_pt.train.preemption import (
     PREEMPTED_EXIT_CODE,
     PREEMPTED_MARKER,
     PreemptionWatcher,
 )
-from nextlat_pt.train.resume import choose_checkpoint, restore
+from nextlat_pt.train.resume import choose_checkpoint, restore, schedule_changes
 from nextlat_pt.train.resume import truncate_metrics as resume_metrics
 from nextlat_pt.train.step import MicroBatch
 from nextlat_pt.train.trainer import Trainer, TrainState
@@ -141,6 +149,7 @@ def _validation(plan: DataPlan, cfg: Config, device: torch.device):
 def run_training(cfg: Config) -> dict[str, Any]:
     """Train the model `cfg` describes; returns the summary (final losses, entropy, paths)."""
     validate(cfg)
+    check_paths(cfg)
     # Record stop requests from the very start (loading a large checkpoint takes minutes).
     watcher = PreemptionWatcher(cfg.train.exit_duration_mins)
     layout = distributed.initialize(cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp or None,
@@ -150,6 +159,26 @@ def run_training(cfg: Config) -> dict[str, Any]:
     run_dir = cfg.run_dir
     if layout.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- where to start: fresh, our own newest checkpoint, or checkpoint.load ---
+    retention = Retention(cfg.checkpoint_dir, cfg.checkpoint.keep)
+    chosen = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"),
+                               verdicts=retention.verdicts)
+    ckpt, resumed = chosen.path, chosen.resume
+    if chosen.none_usable and ckpt is None:
+        log(f"no usable checkpoint in {cfg.checkpoint_dir}: starting from step 0")
+    if resumed:
+        done = read_trainer_state(ckpt)["step"]
+        if done >= cfg.train.max_steps:
+            log(f"{run_dir} is already at step {done} ({ckpt.name}), train.max_steps="
+                f"{cfg.train.max_steps}: nothing to do; raise train.max_steps to train on")
+            watcher.restore()
+            return {"final_step": done, "stopped": False, "nothing_to_do": True,
+                    "val_ce": float("nan"), "checkpoint": str(ckpt), "run_dir": str(run_dir)}
+        changes = schedule_changes(cfg, ckpt, done)
+        if changes:
+            log(f"note: {changes}")
+    if layout.rank == 0:
         save_config(cfg, run_dir / "config.yaml")
 
     # --- data (checked before anything trains: paths, seq_len, tokenizer fingerprint) ---
@@ -161,8 +190,6 @@ def run_training(cfg: Config) -> dict[str, Any]:
     chunks, engine = build_training(cfg, tokenizer.vocab_size, device)
     models = [chunk.model for chunk in chunks]
 
-    # --- where to start: fresh, our own newest checkpoint, or checkpoint.load ---
-    ckpt, resumed = choose_checkpoint(cfg, warn=lambda m: log(f"warning: {m}"))
     start = TrainState()
     wandb_id = None
     if ckpt is not None:
@@ -182,6 +209,9 @@ def run_training(cfg: Config) -> dict[str, Any]:
             log(f"warning: the training data differs from the data of {ckpt} (another "
                 f"data.train or re-prepared shards); the sample order continues by position "
                 f"over the new data")
+    # Checkpoints on disk newer than where this run starts are what a relaunch skipped (or
+    # another run's): pruning never deletes them.
+    retention.protect_newer_than(start.step)
     if layout.is_logging_rank:
         resume_metrics(run_dir / "metrics.jsonl", start.step)
     if layout.rank == 0:
@@ -231,7 +261,10 @@ def run_training(cfg: Config) -> dict[str, Any]:
     # --- callbacks (the logging rank only) ---
     callbacks: list[Callback] = []
     if layout.is_logging_rank:
-        callbacks.append(ConsoleProgress(cfg.train.max_steps))
+        callbacks.append(ConsoleProgress(
+            cfg.train.max_steps, start_step=start.step, start_tokens=start.tokens_seen,
+            flops_per_token=flops.total,
+            peak_flops=_peak_flops(device, spec.params_dtype, layout.world_size)))
         callbacks.append(JsonlMetrics(run_dir / "metrics.jsonl"))
         if cfg.logging.wandb != "disabled":
             wandb_cb = WandbMetrics(cfg.logging.wandb, cfg.logging.wandb_project,
@@ -254,9 +287,14 @@ def run_training(cfg: Config) -> dict[str, Any]:
             "step": trainer.state.step,
             "consumed_samples": trainer.state.consumed_samples,
             "tokens_seen": trainer.state.tokens_seen,
-            "tokenizer": {"path": str(tokenizer.model_path), "fingerprint": tokenizer.fingerprint,
+            # Absolute paths, and a copy of the tokenizer in the checkpoint itself: `generate`,
+            # `convert` and `eval` run from other directories (a Slurm job, a later session).
+            "tokenizer": {"path": str(Path(tokenizer.model_path).resolve()),
+                          "file": CHECKPOINT_TOKENIZER, "fingerprint": tokenizer.fingerprint,
                           "vocab_size": tokenizer.vocab_size},
-            "data": {"sources": plan.sources, "valid": str(plan.valid) if plan.valid else None,
+            "data": {"sources": [dict(s, path=str(Path(s["path"]).resolve()))
+                                 for s in plan.sources],
+                     "valid": str(plan.valid.resolve()) if plan.valid else None,
                      "seq_len": cfg.model.seq_len, "fingerprint": data_fingerprint(plan.sources)},
             "wandb_id": wandb_id,
             "last_metrics": from_logging_rank(trainer.state.last_metrics),
@@ -267,11 +305,18 @@ def run_training(cfg: Config) -> dict[str, Any]:
     async_saves = AsyncSaves() if cfg.checkpoint.async_save else None
 
     def checkpoint(trainer: Trainer, wait: bool = False) -> Path:
+        started = time.perf_counter()
         path = save_checkpoint(cfg, models, engine, trainer.state.step, trainer_state(trainer),
-                               async_saves)
+                               async_saves, retention)
         saved_steps.add(trainer.state.step)
         if wait and async_saves is not None:
             async_saves.wait()
+        took = time.perf_counter() - started
+        if async_saves is None or wait:
+            log(f"saved step {trainer.state.step} in {took:.1f} s: {path}")
+        else:
+            log(f"saving step {trainer.state.step} in the background (training paused "
+                f"{took:.1f} s): {path}")
         return path
 
     def periodic_checkpoint(trainer: Trainer) -> None:
@@ -297,18 +342,27 @@ def run_training(cfg: Config) -> dict[str, Any]:
     finally:
         loader.close()
     if summary["stopped"]:
-        path = checkpoint(trainer, wait=True) if trainer.state.step not in saved_steps else None
+        step = trainer.state.step
+        saved = step in saved_steps
+        again = " (Ctrl-C again stops without saving)" if not watcher.preempted else ""
+        log(f"stopping at step {step} on {watcher.reason}"
+            + ("" if saved else f": saving {cfg.checkpoint_dir / step_dir_name(step)}{again}"))
+        path = (cfg.checkpoint_dir / step_dir_name(step) if saved
+                else checkpoint(trainer, wait=True))
         if async_saves is not None:
             async_saves.wait()
-        log(f"stopping at step {trainer.state.step} on {watcher.reason}: checkpoint "
-            f"{path or 'already saved'}; exit code {PREEMPTED_EXIT_CODE} (relaunch to resume)")
-        if layout.rank == 0:
+        watcher.saved = True
+        log(f"checkpoint {path}; exit code {watcher.exit_code} (relaunch the same command to "
+            f"resume)")
+        if layout.rank == 0 and watcher.preempted:
             # Launchers that hide the workers' exit code (torchrun) can test for this file.
-            (run_dir / PREEMPTED_MARKER).write_text(f"{trainer.state.step}\n")
+            (run_dir / PREEMPTED_MARKER).write_text(f"{step}\n")
         if dist.is_initialized():
             dist.barrier()  # no rank exits (and gets the job torn down) before the marker
-        summary.update(checkpoint=str(path), run_dir=str(run_dir))
+        summary.update(checkpoint=str(path), run_dir=str(run_dir),
+                       exit_code=watcher.exit_code)
         trainer.close(summary)
+        _plot(cfg, layout)
         watcher.restore()
         return summary
 
@@ -321,12 +375,12 @@ def run_training(cfg: Config) -> dict[str, Any]:
              else cfg.checkpoint_dir / step_dir_name(trainer.state.step))
     if async_saves is not None:
         async_saves.wait()
+    watcher.saved = True
     entropy = plan.unigram_entropy
     summary.update(unigram_entropy=entropy, checkpoint=str(final), run_dir=str(run_dir))
     trainer.close(summary)
+    _plot(cfg, layout)
     if layout.is_logging_rank:
-        if cfg.logging.plot:
-            plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=cfg.run.name)
         val_ce = summary["val_ce"]
         if math.isnan(val_ce):
             log("no validation data: no final validation CE")
@@ -342,13 +396,31 @@ def run_training(cfg: Config) -> dict[str, Any]:
     return summary
 
 
+def _peak_flops(device: torch.device, dtype: torch.dtype, world_size: int) -> float | None:
+    """The dense bf16 peak of all devices together, for the MFU on the progress line; None
+    off CUDA, in fp32 (the peak is bf16's) or for a device the table does not know."""
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    peak = peak_tflops(torch.cuda.get_device_name(device))
+    return peak * 1e12 * world_size if peak else None
+
+
+def _plot(cfg: Config, layout: distributed.ParallelLayout) -> None:
+    """loss.png from metrics.jsonl (the logging rank), on every orderly exit."""
+    metrics = cfg.run_dir / "metrics.jsonl"
+    if layout.is_logging_rank and cfg.logging.plot and metrics.is_file():
+        plot_losses(metrics, cfg.run_dir / "loss.png", title=cfg.run.name)
+
+
 def main(cfg: Config) -> int:
     """Entry for the CLI: run, then tear the process groups down. Exit code 0 when training
-    finished, PREEMPTED_EXIT_CODE (75) when it stopped early with a checkpoint to resume."""
+    finished (or had nothing to do), PREEMPTED_EXIT_CODE (75) when a stop request or the
+    time budget ended it early, INTERRUPTED_EXIT_CODE (130) after Ctrl-C; both with a
+    checkpoint to resume from."""
     try:
         summary = run_training(cfg)
     finally:
         distributed.destroy()
         sys.stdout.flush()
-    return PREEMPTED_EXIT_CODE if summary.get("stopped") else 0
+    return summary.get("exit_code", PREEMPTED_EXIT_CODE) if summary.get("stopped") else 0
 

@@ -48,6 +48,8 @@ def test_ntp_objective_builds_no_psi(tmp_path, corpus_cache):
                     "logging.wandb=disabled", "logging.plot=false",
                     f"run.dir={run_dir}", f"data.cache_dir={corpus_cache}"])
     assert "ψ 0" in proc.stdout
+    assert proc.stderr.strip() == "", f"library noise on stderr:\n{proc.stderr[-3000:]}"
+    assert "Setting accelerator" not in proc.stdout  # DeepSpeed logs to stdout
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
     assert len(records) == 3
     for record in records:

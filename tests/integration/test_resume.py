@@ -193,3 +193,68 @@ def test_async_save_writes_the_same_checkpoints_as_sync(tmp_path, corpus_cache):
             digests = {hashlib.sha256((runs[m] / step / rel).read_bytes()).hexdigest()
                        for m in runs}
             assert len(digests) == 1, f"{step}/{rel} differs between sync and async"
+
+
+def _flip_a_byte(ckpt: Path) -> None:
+    """Corrupt a checkpoint the way bit rot does: one byte of its largest weights file."""
+    blob = max((p for p in (ckpt / "model").iterdir() if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+def test_relaunch_past_corrupt_checkpoints_keeps_what_it_writes(tmp_path, corpus_cache):
+    """With every kept checkpoint corrupt, a relaunch starts over in one line and its own new
+    checkpoints survive pruning (the corrupt ones fill `checkpoint.keep` no more); `latest`
+    names the newest of them and the next relaunch resumes from it."""
+    run_dir = tmp_path / "run"
+    run_cli(_args(run_dir, corpus_cache, ["train.max_steps=20", "checkpoint.interval=5"]))
+    root = run_dir / "checkpoints"
+    corrupt = ["step_0000010", "step_0000015", "step_0000020"]
+    assert sorted(p.name for p in root.glob("step_*")) == corrupt
+    for name in corrupt:
+        _flip_a_byte(root / name)
+
+    short = _args(run_dir, corpus_cache, ["train.max_steps=7", "checkpoint.interval=5"])
+    out = run_cli(short).stdout
+    assert f"no usable checkpoint in {root}: starting from step 0" in out
+    assert sum("fails its checksum" in line for line in out.splitlines()) == 3
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000005", "step_0000007",
+                                                            *corrupt]
+    assert (root / "latest").read_text().strip() == "step_0000007"
+    assert (root / "step_0000007" / "COMPLETE").exists()
+    again = run_cli(short).stdout  # the next relaunch finds step 7
+    assert f"{run_dir} is already at step 7 (step_0000007)" in again
+
+
+def test_ctrl_c_saves_and_exits_130_then_relaunches_say_what_they_do(tmp_path, corpus_cache):
+    """Ctrl-C (SIGINT to the whole foreground group) saves at the next step boundary, says
+    where, writes loss.png and exits 130 without a traceback; a relaunch at train.max_steps
+    has nothing to do and says so; one with more steps names the schedule keys that changed."""
+    run_dir = tmp_path / "run"
+    log = tmp_path / "ctrl_c.log"
+    args = _args(run_dir, corpus_cache, ["train.max_steps=400", "checkpoint.interval=0",
+                                         "logging.plot=true"])
+    proc = start_cli(args, log=log)
+    metrics = run_dir / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(read_jsonl(metrics)) >= 2, 240, "training",
+              proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=240) == 130
+    out = log.read_text()
+    step = int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert f"stopping at step {step} on an interrupt (Ctrl-C" in out
+    assert f"checkpoint {run_dir / 'checkpoints' / f'step_{step:07d}'}; exit code 130" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert (run_dir / "loss.png").is_file() and not (run_dir / "PREEMPTED").exists()
+
+    done = run_cli(_args(run_dir, corpus_cache, [f"train.max_steps={step}"]))
+    assert f"is already at step {step} (step_{step:07d}), train.max_steps={step}: nothing " \
+           f"to do" in done.stdout
+    assert "validation" not in done.stdout
+
+    more = run_cli(_args(run_dir, corpus_cache, [f"train.max_steps={step + 2}",
+                                                 "checkpoint.interval=0"]))
+    assert f"train.max_steps 400 -> {step + 2}" in more.stdout
+    assert [r["step"] for r in read_jsonl(metrics) if "loss" in r][-1] == step + 2

@@ -13,6 +13,7 @@ from nextlat_pt.config import Config
 from nextlat_pt.train import ckpt_tool
 from nextlat_pt.train.checkpoint import (
     CheckpointError,
+    Retention,
     _finalize,
     find_latest_valid,
     prune,
@@ -89,6 +90,96 @@ def test_prune_keeps_the_newest(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000006", "step_0000008"]
 
 
+def _corrupt(ckpt: Path) -> None:
+    blob = ckpt / "model" / "weights.bin"
+    data = bytearray(blob.read_bytes())
+    data[7] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+def _names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("step_*"))
+
+
+def test_corrupt_checkpoints_do_not_count_toward_keep(tmp_path):
+    """Three corrupt checkpoints (with markers) must not push out the only two good ones."""
+    for step in (5, 7, 10, 15, 20):
+        _make(tmp_path, step)
+    for step in (10, 15, 20):
+        _corrupt(tmp_path / f"step_{step:07d}")
+    (tmp_path / "latest").write_text("step_0000007\n")
+    prune(tmp_path, keep=3)
+    assert _names(tmp_path) == ["step_0000005", "step_0000007", "step_0000010",
+                                "step_0000015", "step_0000020"]
+
+
+def test_a_relaunch_past_corrupt_checkpoints_keeps_what_it_writes(tmp_path):
+    """The issue's sequence: 10, 15, 20 corrupt, a relaunch from scratch writes 5 and 7. Both
+    stay, `latest` names 7, the corrupt ones newer than the start are left for a human."""
+    for step in (10, 15, 20):
+        _corrupt(_make(tmp_path, step))
+    retention = Retention(tmp_path, keep=3)
+    assert find_latest_valid(tmp_path, lambda _: None, retention.verdicts) is None
+    retention.protect_newer_than(0)
+    for step in (5, 7):
+        retention.after_save(_make(tmp_path, step))
+    assert _names(tmp_path) == ["step_0000005", "step_0000007", "step_0000010",
+                                "step_0000015", "step_0000020"]
+    assert (tmp_path / "latest").read_text().strip() == "step_0000007"
+    assert find_latest_valid(tmp_path, lambda _: None).name == "step_0000007"
+
+
+def test_pruning_deletes_beyond_keep_good_ones_but_never_newer_or_protected(tmp_path):
+    for step in (1, 2, 3):
+        _make(tmp_path, step)
+    _corrupt(tmp_path / "step_0000002")
+    _make(tmp_path, 4, complete=False)  # a stale interrupted save
+    _corrupt(_make(tmp_path, 30))  # newer than the start: a relaunch skipped it
+    retention = Retention(tmp_path, keep=2)
+    retention.protect_newer_than(3)
+    for step in (5, 6):
+        retention.after_save(_make(tmp_path, step))
+    # good ones: 6, 5 (keep=2); older ones go, corrupt or not; 30 is protected
+    assert _names(tmp_path) == ["step_0000005", "step_0000006", "step_0000030"]
+    assert (tmp_path / "latest").read_text().strip() == "step_0000006"
+
+
+def test_pruning_never_deletes_what_latest_names(tmp_path):
+    for step in (1, 2, 3, 4):
+        _make(tmp_path, step)
+    (tmp_path / "latest").write_text("step_0000001\n")
+    prune(tmp_path, keep=2)
+    assert _names(tmp_path) == ["step_0000001", "step_0000003", "step_0000004"]
+
+
+def test_each_checkpoint_is_hashed_at_most_once_per_run(tmp_path, monkeypatch):
+    from nextlat_pt.train import checkpoint
+
+    hashed: list[str] = []
+    real = checkpoint.verify_checksums
+    monkeypatch.setattr(checkpoint, "verify_checksums",
+                        lambda ckpt: (hashed.append(ckpt.name), real(ckpt))[1])
+    for step in (2, 4):
+        _make(tmp_path, step)
+    retention = Retention(tmp_path, keep=3)
+    assert find_latest_valid(tmp_path, lambda _: None, retention.verdicts).name == "step_0000004"
+    for step in (6, 8, 10):
+        retention.after_save(_make(tmp_path, step))
+    # 4 at resume, 2 once to fill `keep` while it was needed; what this run wrote never
+    assert hashed == ["step_0000004", "step_0000002"]
+    assert _names(tmp_path) == ["step_0000006", "step_0000008", "step_0000010"]
+
+
+def test_a_garbage_or_dangling_latest_is_reported(tmp_path):
+    _make(tmp_path, 2)
+    for content, expected in (("step_0000009\n", "names step_0000009, which does not exist"),
+                              ("\x00garbage", "not a checkpoint name")):
+        (tmp_path / "latest").write_text(content)
+        warnings: list[str] = []
+        assert find_latest_valid(tmp_path, warnings.append).name == "step_0000002"
+        assert len(warnings) == 1 and expected in warnings[0], warnings
+
+
 def test_ckpt_list_and_inspect(tmp_path, capsys):
     run = tmp_path / "run"
     _make(run / "checkpoints", 2)
@@ -107,6 +198,41 @@ def test_ckpt_list_and_inspect(tmp_path, capsys):
 
     assert ckpt_tool.main(["inspect", str(tmp_path)]) == 2
     assert "not a checkpoint step directory" in capsys.readouterr().err
+
+
+def test_ckpt_list_verify_fails_on_a_corrupt_checkpoint_and_says_what_a_resume_uses(
+        tmp_path, capsys):
+    root = tmp_path / "run" / "checkpoints"
+    for step in (2, 4):
+        _make(root, step)
+    assert ckpt_tool.main(["list", str(root.parent), "--verify"]) == 0  # the control
+    assert "a relaunch would resume from step_0000004" in capsys.readouterr().out
+    _corrupt(root / "step_0000004")
+    _make(root, 6, complete=False)
+    assert ckpt_tool.main(["list", str(root.parent), "--verify"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    table = out[1:4]
+    assert len(table) == 3
+    # aligned: every row's name column starts where the header's does
+    name_at = out[0].index("name")
+    assert all(line.index("step_000000") == name_at for line in table), out
+    row4 = next(line for line in table if "step_0000004" in line)
+    assert " corrupt " in row4 and "<- latest" in row4
+    assert "step_0000004: model/weights.bin fails its checksum" in out
+    assert out[-1] == ("a relaunch would resume from step_0000002 (latest names "
+                       "step_0000004, which it skips)")
+    # without --verify nothing is hashed, and the answer says so
+    assert ckpt_tool.main(["list", str(root.parent)]) == 0
+    assert "if its checksums pass (check with --verify)" in capsys.readouterr().out
+
+
+def test_ckpt_help_lists_its_subcommands(capsys):
+    assert ckpt_tool.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "list" in out and "inspect" in out and "--verify" in out
+    assert ckpt_tool.main([]) == 2
+    assert ckpt_tool.main(["lst"]) == 2
+    assert "ckpt knows list and inspect" in capsys.readouterr().err
 
 
 class _Evil:
@@ -133,3 +259,40 @@ def test_checkpoint_metadata_pickle_may_name_only_storage_classes(tmp_path):
                                     "chunk": ChunkStorageMetadata(torch.Size([0]),
                                                                   torch.Size([2]))}))
     check_metadata_is_plain(plain)
+
+
+def test_older_checkpoints_with_relative_paths_are_resolved_from_where_they_sit(tmp_path):
+    """Before checkpoints held a tokenizer copy and absolute paths, they recorded paths
+    relative to where training ran: found again from the checkpoint's own location."""
+    from nextlat_pt.config import load_config
+    from nextlat_pt.convert.source import NextLatCheckpoint
+
+    where_it_ran = tmp_path / "project"
+    step = where_it_ran / "runs" / "t" / "checkpoints" / "step_0000002"
+    step.mkdir(parents=True)
+    (where_it_ran / "data" / "tok").mkdir(parents=True)
+    (where_it_ran / "data" / "tok" / "tokenizer.model").write_bytes(b"sp")
+    (where_it_ran / "data" / "valid").mkdir()
+    state = {"tokenizer": {"path": "data/tok/tokenizer.model", "vocab_size": 8},
+             "data": {"valid": "data/valid"}}
+    ckpt = NextLatCheckpoint(step, load_config(None, ["run.dir=runs/t"]), state)
+    assert ckpt.tokenizer_file() == where_it_ran / "data" / "tok" / "tokenizer.model"
+    assert ckpt.recorded_path("data/valid") == where_it_ran / "data" / "valid"
+    assert ckpt.recorded_path("data/gone") is None
+    (step / "tokenizer.model").write_bytes(b"copy")  # a newer checkpoint's own copy wins
+    assert ckpt.tokenizer_file() == step / "tokenizer.model"
+
+
+def test_checkpoint_load_takes_a_run_directory(tmp_path):
+    from nextlat_pt.config import load_config
+    from nextlat_pt.train.resume import choose_checkpoint
+
+    other = tmp_path / "other_run"
+    for step in (2, 4):
+        _make(other / "checkpoints", step)
+    for given in (other, other / "checkpoints", other / "checkpoints" / "step_0000002"):
+        cfg = load_config(None, [f"run.dir={tmp_path / 'new'}", f"checkpoint.load={given}"])
+        start = choose_checkpoint(cfg, warn=lambda m: None)
+        assert not start.resume
+        assert start.path.name == ("step_0000002" if given.name.startswith("step_")
+                                   else "step_0000004")

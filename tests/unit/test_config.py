@@ -305,8 +305,11 @@ def _one_error_line(err: str) -> str:
          "model.num_heads=4 is not divisible by parallel.tp=3"),
         (["train", "no_such_config_name"], "neither a YAML file nor a name in configs/"),
         (["train", "nextlat.horizon=0"], "nextlat.objective=ntp"),
+        (["train", "data.tokenizer=/no/such/tokenizer.model"],
+         "data.tokenizer=/no/such/tokenizer.model does not exist"),
     ],
-    ids=["bad_key", "named_config_bad_key", "validate_error", "unknown_config", "horizon"],
+    ids=["bad_key", "named_config_bad_key", "validate_error", "unknown_config", "horizon",
+         "missing_tokenizer"],
 )
 def test_cli_config_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str],
                                                 argv: list[str], needle: str) -> None:
@@ -400,3 +403,59 @@ def test_data_sources_parse_from_overrides_and_yaml(tmp_path: Path) -> None:
 ])
 def test_bad_data_sources_are_refused(value: str, needle: str) -> None:
     _assert_contains(_error(load_config, None, [f"data.train={value}"]), (needle,))
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_path_keys_that_name_nothing_usable_are_one_line(tmp_path) -> None:
+    from nextlat_pt.config import check_paths
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (tmp_path / "file.bin").write_text("x")
+    (tmp_path / "tok").mkdir()
+    check_paths(load_config(None, [f"data.train={data}", f"data.valid={data}"]))  # control
+    cases = {
+        f"data.tokenizer={tmp_path / 'missing.model'}": ("data.tokenizer=", "does not exist",
+                                                          "tokenizer.model"),
+        f"data.tokenizer={tmp_path / 'tok'}": ("data.tokenizer=", "without tokenizer.model"),
+        f"data.train={tmp_path / 'file.bin'}": ("data.train[0].path=", "is a file",
+                                                "prepare-data"),
+        f"data.train={tmp_path / 'nope'}": ("data.train[0].path=", "does not exist"),
+        f"data.valid={tmp_path / 'file.bin'}": ("data.valid=", "is a file"),
+        f"checkpoint.load={tmp_path / 'nope'}": ("checkpoint.load=", "does not exist",
+                                                 "run directory"),
+    }
+    for override, needles in cases.items():
+        _assert_contains(_error(check_paths, load_config(None, [override])), needles)
+
+
+# ---------------------------------------------------------------- key meanings
+
+
+def test_every_key_has_a_meaning_and_the_readme_table_is_current() -> None:
+    from nextlat_pt.config_keys import key_table, keys
+
+    missing = [f"{s}.{k}" for s, k, _, meaning in keys(Config()) if not meaning.strip()]
+    assert not missing, f"config fields without a meaning: {missing}"
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("<!-- config-keys:start -->\n", 1)[1].split("\n<!-- config-keys:end", 1)[0]
+    assert table == key_table(), ("README's key table is stale: regenerate it with "
+                                  "`python -m nextlat_pt.config_keys --markdown`")
+
+
+def test_print_config_shows_every_key_resolved_and_loads_back(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    from nextlat_pt.config_keys import keys
+
+    argv = ["train", "--print-config", "tiny", "model.num_layers=8", "model.num_heads=8"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for section, key, _, meaning in keys(Config()):
+        assert f"  {key}: " in out and meaning.split(";")[0] in out, f"{section}.{key}"
+    assert "num_query_groups: 0" in out and "# -> 8; key/value heads" in out  # resolved 0
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(out)
+    assert load_config(saved) == load_config("tiny", argv[3:])

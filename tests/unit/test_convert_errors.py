@@ -13,25 +13,7 @@ from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.convert.hf_config import LlamaShape
 from nextlat_pt.convert.megatron_reader import TensorInfo
 from nextlat_pt.convert.to_hf import _check_architecture
-from nextlat_pt.data.builtin_corpus import stdlib_source_files
-from nextlat_pt.data.tokenizer import train_sentencepiece
 from nextlat_pt.eval.cli import eval_main
-
-
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    """A tiny random Llama folder with a sentencepiece tokenizer.model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("errors")
-    sp = train_sentencepiece(stdlib_source_files()[:20], root / "sp", 600, num_threads=1)
-    folder = root / "hf"
-    config = LlamaConfig(vocab_size=600, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=32)
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    shutil.copyfile(sp, folder / "tokenizer.model")
-    return folder
 
 
 def run(main, argv, capsys) -> str:

@@ -142,5 +142,6 @@ def test_vocab_too_large_names_the_maximum(corpus_file, tmp_path):
 
 
 def test_load_missing_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_sentencepiece"):
+    # A user reads this: it names the command, not a Python function.
+    with pytest.raises(FileNotFoundError, match="`nextlat-pt train-tokenizer`"):
         Tokenizer.load(tmp_path / "tokenizer.model")

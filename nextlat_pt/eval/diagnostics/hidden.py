@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nextlat_pt.eval import defaults
 from nextlat_pt.eval.models import ScoredModel
 
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = defaults.FORWARD_BATCH_SIZE
 
 
 @dataclass

@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_STEPS = 400
-DEFAULT_LR = 1e-2
+from nextlat_pt.eval import defaults
+
+DEFAULT_STEPS = defaults.PROBE_STEPS
+DEFAULT_LR = defaults.PROBE_LR
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_BATCH_SIZE = 1024
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from nextlat_pt.data.dataset import open_dataset
 from nextlat_pt.data.errors import DataError
 from nextlat_pt.data.loader import make_valid_batches
+from nextlat_pt.eval import defaults
 from nextlat_pt.eval.diagnostics.hidden import DEFAULT_BATCH_SIZE, forward_windows
 from nextlat_pt.eval.diagnostics.probes import (
     DEFAULT_LR,
@@ -23,9 +24,9 @@ from nextlat_pt.eval.diagnostics.rank import effective_rank
 from nextlat_pt.eval.models import ScoredModel
 
 # The paper's effective-rank sample (docs/method.md §9): 256 sequences × 256 tokens.
-DEFAULT_SEQUENCES = 256
-DEFAULT_TOKENS = 256
-DEFAULT_OFFSETS = 8
+DEFAULT_SEQUENCES = defaults.DIAG_SEQUENCES
+DEFAULT_TOKENS = defaults.DIAG_TOKENS
+DEFAULT_OFFSETS = defaults.PROBE_OFFSETS
 
 
 @dataclass
@@ -57,6 +58,9 @@ def load_windows(data: Path, sequences: int, tokens: int, max_positions: int,
     if sequences < 2 or tokens < 1:
         raise DataError(f"diagnostics need at least 2 sequences (the probes split by "
                         f"sequence) and 1 token; got {sequences} × {tokens}")
+    from nextlat_pt.eval.valid_loss import eval_split
+
+    data = eval_split(data)[0]  # the split `eval` scores (validation_loss notes a fallback)
     ds = open_dataset(data, "valid")
     try:
         available, seq_len = len(ds), ds.seq_len

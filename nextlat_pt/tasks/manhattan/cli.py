@@ -9,10 +9,10 @@ from dataclasses import fields
 from nextlat_pt.tasks.manhattan.build import TaskSettings, make_manhattan
 
 
-def _parser() -> argparse.ArgumentParser:
+def _add_manhattan(commands) -> argparse.ArgumentParser:
     d = TaskSettings()
-    p = argparse.ArgumentParser(
-        prog="nextlat-pt make-task manhattan",
+    p = commands.add_parser(
+        "manhattan", help="a hidden city grid and random walks on it (world modelling)",
         description="Generate the Manhattan world-modelling task: a hidden city grid with "
                     "removed and one-way streets, random walks on it as text (start token + "
                     "N/E/S/W moves), a one-token-per-symbol tokenizer, and prepared shards.")
@@ -30,16 +30,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """`nextlat-pt make-task TASK ...`: one subcommand per task (today: manhattan)."""
+    parser = argparse.ArgumentParser(
+        prog="nextlat-pt make-task",
+        description="Generate a synthetic task with its tokenizer and prepared shards.")
+    commands = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    _add_manhattan(commands)
+    return parser
+
+
 def make_task_main(argv: list[str]) -> int:
     """Entry point of `nextlat-pt make-task`; returns the exit status (2 on bad input)."""
-    if not argv or argv[0] != "manhattan":
-        got = argv[0] if argv else "nothing"
-        print(f"nextlat-pt: error: make-task knows the task 'manhattan', got {got}; "
+    if argv and not argv[0].startswith("-") and argv[0] != "manhattan":
+        print(f"nextlat-pt: error: make-task knows the task 'manhattan', got {argv[0]}; "
               "run `nextlat-pt make-task manhattan --output DIR`", file=sys.stderr)
         return 2
     try:
-        args = _parser().parse_args(argv[1:])
-    except SystemExit as exit_:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or argparse's one-line usage error (2)
         return int(exit_.code or 0)
     settings = TaskSettings(**{f.name: getattr(args, f.name) for f in fields(TaskSettings)})
     from nextlat_pt.data.errors import DataError
