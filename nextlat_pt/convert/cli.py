@@ -7,25 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from nextlat_pt.convert.errors import ConvertError
-
-
-class UsageError(Exception):
-    """Bad command-line input (argparse's message)."""
-
-
-class ErrorParser(argparse.ArgumentParser):
-    """argparse that reports `nextlat-pt: error: ...` and lets the caller return 2 instead
-    of exiting the process."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        raise UsageError(message)
+from nextlat_pt.subcommand import ErrorParser, UsageError, run_subcommand
 
 
 def build_parser() -> ErrorParser:
@@ -95,47 +80,6 @@ def _run(args: argparse.Namespace) -> None:
     print(f"wrote checkpoint {result.out_dir} (for tp={p.tp} pp={p.pp}; {psi}); continue "
           f"pretraining with: nextlat-pt train {result.out_dir}/config.yaml "
           f"checkpoint.load={result.out_dir}")
-
-
-def run_subcommand(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Any],
-                   argv: list[str] | None, errors: tuple[type[BaseException], ...] = ()
-                   ) -> int:
-    """Parse `argv`, run, and turn the project's input errors into one line and exit 2.
-
-    Shared by `convert`, `eval` and `generate`; `errors` adds a command's own error types.
-    Nothing heavy is imported here: `--help` and the argument checks answer at once.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = parser.parse_args(argv)  # --help answers here, before anything heavy loads
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    except UsageError as err:
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        run(args)
-    except Exception as err:
-        if not isinstance(err, (*_loaded_user_errors(), *errors)):
-            raise
-        print(f"nextlat-pt: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-# The project's one-line input errors, by module. Looked up only in modules already imported
-# (an error cannot come from one that is not), so that arguments are checked, and --help is
-# answered, before megatron and torch load.
-_USER_ERRORS = (("nextlat_pt.config", "ConfigError"), ("nextlat_pt.data.errors", "DataError"),
-                ("nextlat_pt.train.checkpoint", "CheckpointError"))
-
-
-def _loaded_user_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [UsageError, ConvertError, FileNotFoundError]
-    for module, name in _USER_ERRORS:
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
 
 
 def convert_main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nextlat_pt.convert.cli import ErrorParser, UsageError
+from nextlat_pt.eval.diagnostics_args import add_diagnostics_args, check_diagnostics_args
+from nextlat_pt.subcommand import ErrorParser, UsageError, run_subcommand
 
 
 def build_parser() -> ErrorParser:
@@ -116,36 +117,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def add_diagnostics_args(parser: argparse.ArgumentParser) -> None:
-    """The options of the latent diagnostics (shared by `eval` and `eval compare`)."""
-    from nextlat_pt.eval import defaults
-
-    parser.add_argument("--rank-sequences", type=int, default=defaults.DIAG_SEQUENCES,
-                        help="validation windows for the effective rank and the probes "
-                             "(default: %(default)s, the paper's; fewer if the split is "
-                             "smaller)")
-    parser.add_argument("--rank-tokens", type=int, default=defaults.DIAG_TOKENS,
-                        help="tokens per window (default: %(default)s; at most the split's "
-                             "seq_len)")
-    parser.add_argument("--probe-offsets", type=int, default=defaults.PROBE_OFFSETS,
-                        help="linear probes for the tokens 1..K ahead (default: %(default)s; "
-                             "0: none)")
-    parser.add_argument("--probe-steps", type=int, default=defaults.PROBE_STEPS,
-                        help="AdamW steps per probe (default: %(default)s)")
-    parser.add_argument("--probe-lr", type=float, default=defaults.PROBE_LR,
-                        help="probe learning rate (default: %(default)s)")
-
-
-def check_diagnostics_args(args: argparse.Namespace) -> None:
-    """Refuse diagnostics options out of range, before any model is loaded."""
-    if args.rank_sequences < 2:
-        raise UsageError("--rank-sequences must be at least 2 (the probes split by sequence)")
-    if args.rank_tokens < 1 or args.probe_offsets < 0 or args.probe_steps < 1 \
-            or not args.probe_lr > 0:
-        raise UsageError("--rank-tokens and --probe-steps must be at least 1, --probe-offsets "
-                         "at least 0 and --probe-lr positive")
-
-
 def _diagnostics(model: Any, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     from nextlat_pt.eval.diagnostics import load_windows, run_diagnostics
 
@@ -181,7 +152,6 @@ def _harness(src: Path, hf: bool, args: argparse.Namespace) -> dict[str, Any]:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """`nextlat-pt eval ...`; returns the exit code (2 on bad input)."""
-    from nextlat_pt.convert.cli import run_subcommand
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "compare":  # a model folder named so: give it as ./compare

@@ -17,16 +17,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nextlat_pt.convert.cli import ErrorParser, UsageError
 from nextlat_pt.eval import defaults
+from nextlat_pt.eval.diagnostics_args import add_diagnostics_args, check_diagnostics_args
+from nextlat_pt.subcommand import ErrorParser, UsageError
 
 if TYPE_CHECKING:
     from nextlat_pt.eval.diagnostics import DiagnosticsResult
 
 
 def build_parser() -> ErrorParser:
-    from nextlat_pt.eval.cli import add_diagnostics_args
-
     parser = ErrorParser(
         prog="nextlat-pt eval compare",
         description="Compare two models (checkpoints or HF folders with the same tokenizer) "
@@ -90,7 +89,6 @@ def run_compare(argv: list[str]) -> dict[str, Any]:
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Run both models of parsed `eval compare` arguments, print the table; returns the JSON."""
-    from nextlat_pt.eval.cli import check_diagnostics_args
     from nextlat_pt.eval.diagnostics import load_windows, run_diagnostics
     from nextlat_pt.eval.sources import check_model_dir, open_model
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from nextlat_pt.convert.cli import ErrorParser, UsageError, run_subcommand
+from nextlat_pt.subcommand import ErrorParser, UsageError, run_subcommand
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # torch dtypes, named (no torch import)
 SEPARATOR = "\n" + "-" * 40 + "\n"
