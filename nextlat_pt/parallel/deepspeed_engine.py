@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from megatron.core import parallel_state as ps
+
+from nextlat_pt.parallel.engine import TrainingEngine
 
 
 def megatron_mpu() -> SimpleNamespace:
@@ -71,7 +74,7 @@ def deepspeed_config(micro_batch_size: int, zero_stage: int, grad_clip: float,
 
 
 def build_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, zero_stage: int,
-                 micro_batch_size: int, grad_clip: float, bf16: bool):
+                 micro_batch_size: int, grad_clip: float, bf16: bool) -> TrainingEngine:
     """Wrap `module` and `optimizer` in a DeepSpeed engine over megatron's groups."""
     import deepspeed
     from deepspeed.utils import logger as ds_logger
@@ -87,7 +90,7 @@ def build_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, zero
     return engine
 
 
-def no_sync_func(engine) -> Any:
+def no_sync_func(engine: TrainingEngine) -> Callable[[], contextlib.AbstractContextManager]:
     """megatron's `config.no_sync_func` for a DeepSpeed engine: while it is active, the
     micro-batch is not a gradient-accumulation boundary (no reduction, grads accumulate)."""
 
@@ -102,7 +105,7 @@ def no_sync_func(engine) -> Any:
     return no_sync
 
 
-def set_lr(engine, lr: float) -> None:
+def set_lr(engine: TrainingEngine, lr: float) -> None:
     """Apply `lr` to every parameter group of the engine's (possibly ZeRO) optimizer."""
     for group in engine.optimizer.param_groups:
         group["lr"] = lr

@@ -1,7 +1,10 @@
 """Trainer callbacks for everything around the step: progress line, metrics.jsonl, wandb.
 
-The trainer calls them on the logging rank only (the last rank, which owns the last pipeline
-stage where the losses live). Each callback has one job.
+Two kinds of hook, told apart by where they run:
+- `Callback`: the logging rank only (the last rank, which owns the last pipeline stage where
+  the losses live); no collectives. Progress line, metrics file, wandb. Each has one job.
+- `StepHook`: every rank, at the same point after each step, so it may run collectives (the
+  checkpointer, `train/checkpointer.py`, is one).
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ class Callback:
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         """Once, after the last step."""
+
+
+class StepHook:
+    """Called on every rank after each step (after logging and validation), in lockstep:
+    collectives are allowed, and every rank must take the same branches."""
+
+    def on_step_end(self, trainer: Any) -> None:
+        """After step `trainer.state.step`."""
 
 
 def _fmt(value: Any) -> str:

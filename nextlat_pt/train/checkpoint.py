@@ -40,6 +40,7 @@ from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException as DcpCheckpointException
 
 from nextlat_pt.config import Config, save_config
+from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
 from nextlat_pt.train import helper_processes
 from nextlat_pt.train.build import compute_dtype
@@ -292,7 +293,7 @@ class AsyncSaves:
         return self.queue.get_num_unfinalized_calls()
 
 
-def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, step: int,
+def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: TrainingEngine, step: int,
                     trainer_state: dict[str, Any], async_saves: AsyncSaves | None = None,
                     retention: Retention | None = None) -> Path:
     """Save model, optimizer, RNG and trainer state for `step` on every rank; returns the dir
@@ -552,7 +553,7 @@ class Restored:
     notes: list[str]
 
 
-def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engine: Any,
+def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engine: TrainingEngine,
                     weights_only: bool = False) -> Restored:
     """Restore `ckpt` into this run. Weights always (resharded to this layout); optimizer
     and RNG only when the layout is the one they were written with."""
@@ -587,7 +588,7 @@ def _fmt_layout(layout: dict[str, int] | None) -> str:
             f"optimizer={layout.get('optimizer', 'deepspeed')}")
 
 
-def _load_optimizer(ckpt: Path, engine: Any) -> None:
+def _load_optimizer(ckpt: Path, engine: TrainingEngine) -> None:
     """DeepSpeed's ZeRO optimizer restores its partition from all DP ranks' files of this
     (tp, pp) position (it may re-slice partitions across ranks)."""
     tp, pp = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()

@@ -17,6 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from nextlat_pt.config import Config, ConfigError, load_config, weight_shape
+from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.train.checkpoint import (
     CheckpointError,
     Restored,
@@ -97,7 +98,7 @@ def _resolve_load(path: Path, warn: Callable[[str], None]) -> Path:
     return found
 
 
-def restore(cfg: Config, ckpt: Path, resume: bool, models: list, engine: Any,
+def restore(cfg: Config, ckpt: Path, resume: bool, models: list, engine: TrainingEngine,
             tokenizer_fingerprint: str) -> Restored:
     """Load `ckpt` into the run after checking it was trained on the same vocabulary."""
     from nextlat_pt.train.checkpoint import read_trainer_state

@@ -5,6 +5,7 @@
         -> (PP > 1) sum the embedding copies' grads, DeepSpeed grad reduction over DP
         -> DeepSpeed step (clip + AdamW, ZeRO-sharded) -> metrics (averaged over DP)
         -> callbacks on the logging rank (the last rank, on the last pipeline stage)
+        -> step hooks on every rank (the checkpointer)
     validation
 
 Building the pieces (model, data, engine) lives in `nextlat_pt.train.run`.
@@ -27,7 +28,8 @@ from nextlat_pt.config import Config
 from nextlat_pt.parallel.deepspeed_engine import set_lr
 from nextlat_pt.parallel.distributed import ParallelLayout
 from nextlat_pt.parallel.embedding_group import allreduce_embedding_grads
-from nextlat_pt.train.callbacks import Callback
+from nextlat_pt.parallel.engine import TrainingEngine
+from nextlat_pt.train.callbacks import Callback, StepHook
 from nextlat_pt.train.optim import lr_at
 from nextlat_pt.train.step import MicroBatch, make_forward_step
 from nextlat_pt.train.train_module import NextLatTrainModule
@@ -76,13 +78,13 @@ class Trainer:
         self,
         cfg: Config,
         layout: ParallelLayout,
-        engine: Any,
+        engine: TrainingEngine,
         chunks: list[NextLatTrainModule],
         train_batches: Iterator[list[MicroBatch]],
         valid_batches: Callable[[], list[MicroBatch]],
         device: torch.device,
         callbacks: list[Callback] | None = None,
-        on_step_end: Callable[[Trainer], None] | None = None,
+        step_hooks: list[StepHook] | None = None,
         data_stats: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -93,7 +95,7 @@ class Trainer:
         self.valid_batches = valid_batches
         self.device = device
         self.callbacks = callbacks or []
-        self.on_step_end = on_step_end
+        self.step_hooks = step_hooks or []
         self.data_stats = data_stats
         self.state = TrainState()
         self.forward_backward = get_forward_backward_func()
@@ -210,8 +212,8 @@ class Trainer:
                 self._emit("on_log", metrics)
             if cfg.train.eval_interval and step % cfg.train.eval_interval == 0:
                 val_ce = self.evaluate()
-            if self.on_step_end is not None:
-                self.on_step_end(self)
+            for hook in self.step_hooks:
+                hook.on_step_end(self)
             if stop_requested is not None and self.state.step < cfg.train.max_steps \
                     and stop_requested():
                 return {"final_step": self.state.step, "stopped": True, "val_ce": val_ce,

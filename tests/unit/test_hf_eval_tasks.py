@@ -16,7 +16,7 @@ from nextlat_pt.eval.tasks import (
 
 
 def test_tasks_use_exactly_the_files_training_holds_out():
-    from nextlat_pt.train.run import VALID_FRACTION
+    from nextlat_pt.train.data_plan import VALID_FRACTION
 
     assert HELD_OUT_FRACTION == VALID_FRACTION
 

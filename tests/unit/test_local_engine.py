@@ -9,6 +9,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nextlat_pt.config import load_config, validate
 from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func, set_lr
+from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
 from nextlat_pt.train.build import build_model_chunks, loss_config, model_spec
 from nextlat_pt.train.optim import build_optimizer
@@ -41,6 +42,8 @@ def train(kind: str, optimizer: str, steps: int = 3) -> tuple[list[float], list[
     else:
         engine = build_engine(chunks[0], opt, 1, 2, cfg.train.grad_clip, bf16=False)
         chunks[0].config.no_sync_func = no_sync_func(engine)
+    # Both engines provide what the trainer and the checkpoints call (the typed protocol).
+    assert isinstance(engine, TrainingEngine)
     norms = []
     for _ in range(steps):
         set_lr(engine, cfg.train.lr)
@@ -68,3 +71,8 @@ def test_which_runs_skip_deepspeed():
     assert not wants_local_engine(dp=2, pp=1, bf16=False)  # ZeRO shards across ranks
     assert not wants_local_engine(dp=1, pp=2, bf16=False)  # embedding replica in the norm
     assert not wants_local_engine(dp=1, pp=1, bf16=True)  # fp32 master weights
+
+
+def test_an_object_without_the_engine_api_is_not_an_engine():
+    """The protocol check can fail: a bare module lacks `step`, `backward`, `optimizer`..."""
+    assert not isinstance(torch.nn.Linear(2, 2), TrainingEngine)

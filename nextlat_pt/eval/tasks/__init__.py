@@ -29,7 +29,7 @@ from pathlib import Path
 from nextlat_pt.data.builtin_corpus import stdlib_root, stdlib_source_files, validation_mask
 from nextlat_pt.data.errors import DataError
 
-# The built-in corpus's held-out share (= nextlat_pt.train.run.VALID_FRACTION; a test checks).
+# The built-in corpus's held-out share (= nextlat_pt.train.data_plan.VALID_FRACTION; a test checks).
 HELD_OUT_FRACTION = 0.02
 TASKS = ("nextlat_next_line", "nextlat_code_ppl")
 _MIN_LINE = 8  # characters of content for a line to be a question or a distractor
