@@ -61,7 +61,8 @@ def _run_one(args: dict[str, Any]) -> dict[str, Any]:
     from nextlat_pt.convert.world import single_process_world
     from nextlat_pt.model.gpt import ModelSpec, transformer_config
     from nextlat_pt.model.nextlat_loss import NextLatLossConfig, next_token_loss, nextlat_loss
-    from nextlat_pt.model.psi import LatentDynamics, psi_width
+    from nextlat_pt.model.psi import LatentDynamics
+    from nextlat_pt.model.shape import psi_width
 
     torch.set_num_threads(args["threads"])
     cuda = torch.cuda.is_available()

@@ -48,7 +48,8 @@ def measure(seq: int = 256, batch: int = 8, hidden: int = 256, width: int | None
     `concatenating`."""
     from nextlat_pt.convert.world import single_process_world
     from nextlat_pt.model.gpt import ModelSpec, transformer_config
-    from nextlat_pt.model.psi import LatentDynamics, psi_width, rollout_step
+    from nextlat_pt.model.psi import LatentDynamics, rollout_step
+    from nextlat_pt.model.shape import psi_width
 
     if threads:
         torch.set_num_threads(threads)

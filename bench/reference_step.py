@@ -38,6 +38,7 @@ median of the per-repeat ratios.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import shlex
@@ -55,8 +56,9 @@ from torch import Tensor
 
 from nextlat_pt.config import ConfigError
 from nextlat_pt.convert import llama_mapping as lm
-from nextlat_pt.convert.hf_config import LlamaShape, llama_config
+from nextlat_pt.convert.hf_config import llama_config
 from nextlat_pt.model.gpt import NextLatGPT
+from nextlat_pt.model.shape import ModelShape
 from nextlat_pt.parallel import distributed
 from nextlat_pt.train.optim import lr_at, param_groups
 from nextlat_pt.train.step import MicroBatch
@@ -66,24 +68,15 @@ REFERENCE_FUSED = "HF Llama + fused AdamW"
 LOSS_TOLERANCE = 1e-5  # |first loss (ours) - first loss (reference)|: the same function
 
 
-def llama_shape(model: NextLatGPT) -> LlamaShape:
+def llama_shape(model: NextLatGPT) -> ModelShape:
     """The HF shape of our model, with the padded vocabulary (the logits we compute)."""
     spec = model.spec
     if spec.tp != 1 or spec.pp != 1:
         raise ValueError("the reference comparison needs the whole model in one process "
                          "(tp = pp = 1)")
-    return LlamaShape(
-        num_layers=spec.num_layers,
-        hidden_size=spec.hidden_size,
-        num_heads=spec.num_heads,
-        num_groups=spec.num_query_groups,
-        ffn_hidden_size=spec.ffn_hidden_size,
-        vocab_size=model.padded_vocab_size,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_embeddings=spec.tie_embeddings,
-        rope_theta=float(int(spec.rotary_base)),  # megatron takes an integer base
-        norm_eps=spec.norm_eps,
-    )
+    # megatron takes an integer RoPE base: the HF model gets the base ours computes with.
+    return dataclasses.replace(spec, vocab_size=model.padded_vocab_size,
+                               rotary_base=float(int(spec.rotary_base)))
 
 
 def hf_state_dict(model: NextLatGPT, tensors: dict[str, Tensor] | None = None
@@ -107,7 +100,7 @@ def hf_state_dict(model: NextLatGPT, tensors: dict[str, Tensor] | None = None
         out["lm_head.weight"] = state[lm.OUTPUT_LAYER]
     for i in range(shape.num_layers):
         tensors = {key: state[f"gpt.decoder.layers.{i}.{name}"] for key, name in local.items()}
-        out.update(lm.megatron_layer_to_hf(i, tensors, shape.num_heads, shape.num_groups,
+        out.update(lm.megatron_layer_to_hf(i, tensors, shape.num_heads, shape.num_query_groups,
                                            shape.head_dim))
     return out
 

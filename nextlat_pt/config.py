@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from nextlat_pt.model.shape import ModelShape, llama_ffn_width, psi_width
+
 
 class ConfigError(ValueError):
     """A configuration mistake, described in one line with the key and the fix."""
@@ -53,7 +55,8 @@ class ModelConfig:
     ffn_hidden_size: int = _key(0, "the SwiGLU width; 0: Llama's rule 128·round(8D/3/128)")
     seq_len: int = _key(256, "tokens per training window")
     max_position_embeddings: int = _key(0, "the position limit (RoPE); 0: model.seq_len")
-    vocab_size: int = _key(0, "0: the tokenizer's vocabulary")
+    vocab_size: int = _key(0, "the model's vocabulary (≥ the tokenizer's; e.g. a GPT-2-sized "
+                                 "head); 0: the tokenizer's vocabulary")
     make_vocab_size_divisible_by: int = _key(128, "the embedding is padded to a multiple of "
                                                   "this × parallel.tp, as megatron does")
     tie_embeddings: bool = _key(False, "share the input embedding and the LM head (the paper "
@@ -197,7 +200,7 @@ class Config:
 
     @property
     def ffn_hidden_size(self) -> int:
-        return self.model.ffn_hidden_size or 128 * round(8 * self.model.hidden_size / 3 / 128)
+        return self.model.ffn_hidden_size or llama_ffn_width(self.model.hidden_size)
 
     @property
     def max_position_embeddings(self) -> int:
@@ -211,9 +214,24 @@ class Config:
 
     @property
     def psi_width(self) -> int:
-        return self.nextlat.psi_width or 128 * round(
-            self.nextlat.proj_factor * 2 * self.model.hidden_size / 128
-        )
+        return self.nextlat.psi_width or psi_width(self.model.hidden_size,
+                                                   self.nextlat.proj_factor)
+
+    def model_shape(self, vocab_size: int) -> ModelShape:
+        """The network's shape with every automatic (0) value resolved; `vocab_size`: the
+        tokenizer's, which `model.vocab_size` may only enlarge. ψ's width is 0 without ψ."""
+        m = self.model
+        if m.vocab_size and m.vocab_size < vocab_size:
+            raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the "
+                              f"tokenizer's vocabulary ({vocab_size}); set it to 0 (the "
+                              f"tokenizer's) or at least {vocab_size}")
+        return ModelShape(
+            num_layers=m.num_layers, hidden_size=m.hidden_size, num_heads=m.num_heads,
+            num_query_groups=self.num_query_groups, ffn_hidden_size=self.ffn_hidden_size,
+            vocab_size=m.vocab_size or vocab_size,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_embeddings=m.tie_embeddings, rotary_base=m.rotary_base, norm_eps=m.norm_eps,
+            psi_width=self.psi_width if self.uses_psi else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -417,8 +435,16 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
     """Raise ConfigError on the first mistake. `world_size` defaults to $WORLD_SIZE or 1."""
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
-    m, n, t, p = cfg.model, cfg.nextlat, cfg.train, cfg.parallel
+    _check_choices_and_ranges(cfg)
+    _check_shape(cfg)
+    _check_nextlat(cfg)
+    _check_layout(cfg, world_size)
+    _check_schedule_and_checkpoints(cfg)
 
+
+def _check_choices_and_ranges(cfg: Config) -> None:
+    """Every choice key holds one of its choices; counts, rates and dropouts in range."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -445,7 +471,11 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         if not 0 <= value < 1:
             raise ConfigError(f"{key} must lie in [0, 1) (got {value})")
 
-    # --- model shape ---
+
+def _check_shape(cfg: Config) -> None:
+    """Heads divide the width (even head size for RoPE), groups divide the heads, the
+    window fits the position limit."""
+    m = cfg.model
     if m.hidden_size % m.num_heads:
         raise ConfigError(
             f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads="
@@ -466,7 +496,11 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"raise max_position_embeddings"
         )
 
-    # --- NextLat ---
+
+def _check_nextlat(cfg: Config) -> None:
+    """The horizon fits the window; the weights, β, temperature, KL chunk and ψ's width are
+    in range."""
+    m, n = cfg.model, cfg.nextlat
     if n.horizon < 1:
         raise ConfigError(
             f"nextlat.horizon must be at least 1 (got {n.horizon}); use nextlat.objective=ntp "
@@ -497,7 +531,12 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"{m.hidden_size}; raise proj_factor or set nextlat.psi_width"
         )
 
-    # --- parallel layout ---
+
+def _check_layout(cfg: Config, world_size: int) -> None:
+    """TP divides the heads, groups and widths; the world is a multiple of TP × PP; ZeRO,
+    PP, VPP and SP combine as megatron and DeepSpeed allow; the batch splits evenly."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    groups = cfg.num_query_groups
     if m.num_heads % p.tp:
         raise ConfigError(
             f"model.num_heads={m.num_heads} is not divisible by parallel.tp={p.tp}; "
@@ -569,6 +608,9 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
             f"train.global_batch_size={t.global_batch_size} is not divisible by "
             f"train.micro_batch_size={t.micro_batch_size} × data-parallel size {dp}"
         )
+
+def _check_schedule_and_checkpoints(cfg: Config) -> None:
+    t = cfg.train
     if cfg.checkpoint.keep < 0 or cfg.checkpoint.interval < 0:
         raise ConfigError("checkpoint.keep and checkpoint.interval must be >= 0")
     if t.exit_duration_mins < 0:

@@ -7,56 +7,28 @@ ConvertError naming the field, rather than exported into a model that computes s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from typing import Any
 
 from nextlat_pt.config import Config
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nextlat_pt.model.shape import ModelShape
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """The numbers both sides agree on."""
-
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_groups: int
-    ffn_hidden_size: int
-    vocab_size: int
-    max_position_embeddings: int
-    tie_embeddings: bool
-    rope_theta: float
-    norm_eps: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-
-def shape_from_config(cfg: Config, vocab_size: int) -> LlamaShape:
+def shape_from_config(cfg: Config, vocab_size: int) -> ModelShape:
     """Our run config -> the shared shape; refuses settings a Llama cannot express."""
     m = cfg.model
     if m.hidden_size % m.num_heads:
         raise ConvertError(f"model.hidden_size={m.hidden_size} is not divisible by "
                            f"model.num_heads={m.num_heads}")
-    return LlamaShape(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_heads=m.num_heads,
-        num_groups=cfg.num_query_groups,
-        ffn_hidden_size=cfg.ffn_hidden_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_embeddings=m.tie_embeddings,
-        # NextLatGPT hands megatron int(rotary_base): export what the model computes.
-        rope_theta=float(int(m.rotary_base)),
-        norm_eps=m.norm_eps,
-    )
+    # NextLatGPT hands megatron int(rotary_base): export what the model computes. ψ is not
+    # part of a Llama.
+    return dataclasses.replace(cfg.model_shape(vocab_size), psi_width=0,
+                               rotary_base=float(int(m.rotary_base)))
 
 
-def llama_config(shape: LlamaShape, dtype: str):
+def llama_config(shape: ModelShape, dtype: str):
     """A transformers `LlamaConfig` for the shape (special ids: ours, fixed)."""
     from transformers import LlamaConfig
 
@@ -66,12 +38,12 @@ def llama_config(shape: LlamaShape, dtype: str):
         intermediate_size=shape.ffn_hidden_size,
         num_hidden_layers=shape.num_layers,
         num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_groups,
+        num_key_value_heads=shape.num_query_groups,
         head_dim=shape.head_dim,
         hidden_act="silu",
         max_position_embeddings=shape.max_position_embeddings,
         rms_norm_eps=shape.norm_eps,
-        rope_theta=shape.rope_theta,
+        rope_theta=shape.rotary_base,
         tie_word_embeddings=shape.tie_embeddings,
         attention_bias=False,
         mlp_bias=False,
@@ -88,7 +60,7 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
     return getattr(config, name, default)
 
 
-def shape_from_llama(config: Any) -> LlamaShape:
+def shape_from_llama(config: Any) -> ModelShape:
     """A transformers config -> the shared shape; refuses what our GPT cannot compute."""
     model_type = _get(config, "model_type")
     if model_type != "llama":
@@ -127,30 +99,30 @@ def shape_from_llama(config: Any) -> LlamaShape:
                            f"num_attention_heads={heads}")
     if _get(config, "pretraining_tp", 1) not in (None, 1):
         raise ConvertError("pretraining_tp > 1 is not supported")
-    return LlamaShape(
+    return ModelShape(
         num_layers=config.num_hidden_layers,
         hidden_size=hidden,
         num_heads=heads,
-        num_groups=groups,
+        num_query_groups=groups,
         ffn_hidden_size=config.intermediate_size,
         vocab_size=config.vocab_size,
         max_position_embeddings=config.max_position_embeddings,
         tie_embeddings=bool(_get(config, "tie_word_embeddings", False)),
-        rope_theta=float(theta),
+        rotary_base=float(theta),
         norm_eps=float(config.rms_norm_eps),
     )
 
 
-def model_overrides(shape: LlamaShape) -> dict[str, Any]:
+def model_overrides(shape: ModelShape) -> dict[str, Any]:
     """Our `model.*` config values for a shape (num_query_groups/ffn explicit)."""
     return {
         "model.num_layers": shape.num_layers,
         "model.hidden_size": shape.hidden_size,
         "model.num_heads": shape.num_heads,
-        "model.num_query_groups": shape.num_groups,
+        "model.num_query_groups": shape.num_query_groups,
         "model.ffn_hidden_size": shape.ffn_hidden_size,
         "model.max_position_embeddings": shape.max_position_embeddings,
         "model.tie_embeddings": shape.tie_embeddings,
-        "model.rotary_base": shape.rope_theta,
+        "model.rotary_base": shape.rotary_base,
         "model.norm_eps": shape.norm_eps,
     }

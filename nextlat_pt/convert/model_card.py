@@ -45,7 +45,7 @@ def model_card(info: dict[str, Any], training_config: dict[str, Any], has_psi: b
         f"| objective | {training_config.get('nextlat', {}).get('objective')} |",
         f"| parameters | {info.get('num_parameters', 0):,} (ψ not included) |",
         f"| layers × width × heads (kv groups) | {shape['num_layers']} × "
-        f"{shape['hidden_size']} × {shape['num_heads']} ({shape['num_groups']}) |",
+        f"{shape['hidden_size']} × {shape['num_heads']} ({shape['num_query_groups']}) |",
         f"| vocabulary | {shape['vocab_size']} |",
         "",
         "Final losses (last logged training step, nats/token):",

@@ -28,7 +28,7 @@ import torch
 from nextlat_pt import __version__
 from nextlat_pt.convert import llama_mapping as lm
 from nextlat_pt.convert.errors import ConvertError
-from nextlat_pt.convert.hf_config import LlamaShape, llama_config, shape_from_config
+from nextlat_pt.convert.hf_config import llama_config, shape_from_config
 from nextlat_pt.convert.hf_tokenizer import check_parity, probe_texts, save_hf_tokenizer
 from nextlat_pt.convert.megatron_reader import MegatronCheckpointReader
 from nextlat_pt.convert.model_card import model_card
@@ -37,6 +37,7 @@ from nextlat_pt.convert.psi_file import psi_config, save_psi
 from nextlat_pt.convert.safetensors_writer import TensorGroup, write_safetensors
 from nextlat_pt.convert.source import NextLatCheckpoint, open_checkpoint
 from nextlat_pt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nextlat_pt.model.shape import ModelShape
 
 EXPORT_INFO = "nextlat_export.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,7 +58,7 @@ class ExportResult:
     step: int
 
 
-def _check_architecture(reader: MegatronCheckpointReader, shape: LlamaShape) -> None:
+def _check_architecture(reader: MegatronCheckpointReader, shape: ModelShape) -> None:
     """The saved tensors must be exactly a Llama of `shape` (+ ψ): refuse anything else."""
     extra = sorted(k for k in reader.keys() if k not in _KNOWN)
     if extra:
@@ -65,7 +66,7 @@ def _check_architecture(reader: MegatronCheckpointReader, shape: LlamaShape) -> 
                            f"Llama counterpart: {', '.join(extra[:5])}"
                            f"{' …' if len(extra) > 5 else ''}")
     d, layers = shape.hidden_size, shape.num_layers
-    qkv_rows = (shape.num_heads + 2 * shape.num_groups) * shape.head_dim
+    qkv_rows = (shape.num_heads + 2 * shape.num_query_groups) * shape.head_dim
     expected = {
         lm.LAYER_KEYS["qkv"]: (layers, qkv_rows, d),
         lm.LAYER_KEYS["proj"]: (layers, d, shape.num_heads * shape.head_dim),
@@ -88,7 +89,7 @@ def _check_architecture(reader: MegatronCheckpointReader, shape: LlamaShape) -> 
         raise ConvertError(f"{reader.model_dir}: untied embeddings but no output layer saved")
 
 
-def _tensor_groups(reader: MegatronCheckpointReader, shape: LlamaShape,
+def _tensor_groups(reader: MegatronCheckpointReader, shape: ModelShape,
                    dtype: torch.dtype) -> list[TensorGroup]:
     """The export as groups produced on demand: embedding, each layer, final norm + head."""
     item = torch.empty((), dtype=dtype).element_size()
@@ -109,7 +110,7 @@ def _tensor_groups(reader: MegatronCheckpointReader, shape: LlamaShape,
     def layer_group(i: int) -> TensorGroup:
         def produce() -> dict[str, torch.Tensor]:
             tensors = reader.read({name: (key, i) for name, key in lm.LAYER_KEYS.items()})
-            return lm.megatron_layer_to_hf(i, tensors, shape.num_heads, shape.num_groups,
+            return lm.megatron_layer_to_hf(i, tensors, shape.num_heads, shape.num_query_groups,
                                            shape.head_dim)
         return TensorGroup(f"layer {i}", nbytes(*lm.LAYER_KEYS.values(), per_layer=True),
                            produce)
@@ -128,7 +129,7 @@ def _tensor_groups(reader: MegatronCheckpointReader, shape: LlamaShape,
     return groups
 
 
-def hf_state_dict(reader: MegatronCheckpointReader, shape: LlamaShape,
+def hf_state_dict(reader: MegatronCheckpointReader, shape: ModelShape,
                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The whole model as Hugging Face Llama tensors in memory (what the export would write),
     for in-process users such as `nextlat-pt generate`; refuses non-Llama checkpoints."""
@@ -264,7 +265,7 @@ def _resolved_data(ckpt: NextLatCheckpoint) -> dict[str, Any] | None:
                 valid=str(valid.resolve()) if valid is not None else data.get("valid"))
 
 
-def _export_info(ckpt: NextLatCheckpoint, shape: LlamaShape, num_parameters: int,
+def _export_info(ckpt: NextLatCheckpoint, shape: ModelShape, num_parameters: int,
                  sp: Tokenizer) -> dict[str, Any]:
     """Provenance, read back by `convert --to nextlat` and `eval`."""
     state = ckpt.state
@@ -281,7 +282,8 @@ def _export_info(ckpt: NextLatCheckpoint, shape: LlamaShape, num_parameters: int
         "tokenizer": {"fingerprint": sp.fingerprint, "vocab_size": sp.vocab_size,
                       "file": "tokenizer.model"},
         "data": _resolved_data(ckpt),
-        "shape": asdict(shape),
+        # The Llama's shape (ψ ships beside it, in its own file).
+        "shape": {k: v for k, v in asdict(shape).items() if k != "psi_width"},
         "num_parameters": num_parameters,
         "training_config": ckpt.config.to_dict(),
     }

@@ -34,13 +34,14 @@ import yaml
 from nextlat_pt.config import Config, ConfigError, load_config, save_config, validate
 from nextlat_pt.convert import llama_mapping as lm
 from nextlat_pt.convert.errors import ConvertError
-from nextlat_pt.convert.hf_config import LlamaShape, model_overrides, shape_from_llama
+from nextlat_pt.convert.hf_config import model_overrides, shape_from_llama
 from nextlat_pt.convert.hf_weights import HFWeights
 from nextlat_pt.convert.out_dir import finish_out_dir, prepare_out_dir
 from nextlat_pt.convert.psi_file import load_psi
 from nextlat_pt.convert.to_hf import EXPORT_INFO
 from nextlat_pt.convert.world import single_process_world
 from nextlat_pt.data.tokenizer import MODEL_FILE_NAME, Tokenizer
+from nextlat_pt.model.shape import ModelShape
 from nextlat_pt.train.checkpoint import FORMAT_VERSION, MARKER
 
 # Sections of an exported training config that describe the old run, not this model.
@@ -88,7 +89,7 @@ def _base_config(hf_dir: Path) -> dict[str, Any]:
     return config
 
 
-def build_config(hf_dir: Path, shape: LlamaShape, overrides: list[str], out_dir: Path,
+def build_config(hf_dir: Path, shape: ModelShape, overrides: list[str], out_dir: Path,
                  psi_width: int | None) -> Config:
     """Our config for the folder's model: the recorded training config (if any), the
     architecture from config.json, then the user's overrides (which may not contradict
@@ -122,7 +123,7 @@ def build_config(hf_dir: Path, shape: LlamaShape, overrides: list[str], out_dir:
     return cfg
 
 
-def _state_dict_from_hf(weights: HFWeights, shape: LlamaShape, padded_vocab: int
+def _state_dict_from_hf(weights: HFWeights, shape: ModelShape, padded_vocab: int
                         ) -> dict[str, torch.Tensor]:
     """Our TP=1 parameter names -> tensors."""
     d = {"gpt.embedding.word_embeddings.weight":
@@ -130,7 +131,8 @@ def _state_dict_from_hf(weights: HFWeights, shape: LlamaShape, padded_vocab: int
     for i in range(shape.num_layers):
         names = lm.hf_layer_names(i)
         hf = {n: weights.get(n) for n in names.values()}
-        ours = lm.hf_layer_to_megatron(i, hf, shape.num_heads, shape.num_groups, shape.head_dim)
+        ours = lm.hf_layer_to_megatron(i, hf, shape.num_heads, shape.num_query_groups,
+                                       shape.head_dim)
         p = f"gpt.decoder.layers.{i}."
         d[p + "input_layernorm.weight"] = ours["input_norm"]
         d[p + "self_attention.linear_qkv.weight"] = ours["qkv"]
@@ -144,7 +146,7 @@ def _state_dict_from_hf(weights: HFWeights, shape: LlamaShape, padded_vocab: int
     return d
 
 
-def _check_hf_names(weights: HFWeights, shape: LlamaShape) -> None:
+def _check_hf_names(weights: HFWeights, shape: ModelShape) -> None:
     expected = {"model.embed_tokens.weight", "model.norm.weight"}
     for i in range(shape.num_layers):
         expected |= set(lm.hf_layer_names(i).values())
@@ -177,7 +179,7 @@ def _write_marker(step_dir: Path) -> None:
                                               indent=2))
 
 
-def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: LlamaShape,
+def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelShape,
                  psi: tuple[dict[str, torch.Tensor], dict[str, Any]] | None):
     """Our TP=1 model holding the folder's weights; ψ loaded or fresh. -> (model, ψ status)"""
     from nextlat_pt.model.gpt import NextLatGPT

@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nextlat_pt.convert import llama_mapping as lm
-from nextlat_pt.convert.hf_config import LlamaShape
+from nextlat_pt.model.shape import ModelShape
 
 
 class KVCache:
     """Keys and values of every layer: [layers, B, capacity, kv_heads, head_dim], and the
     number of valid positions of each row."""
 
-    def __init__(self, shape: LlamaShape, batch: int, capacity: int, dtype: torch.dtype,
+    def __init__(self, shape: ModelShape, batch: int, capacity: int, dtype: torch.dtype,
                  device: torch.device | str) -> None:
         """Allocate for `batch` rows of up to `capacity` positions each."""
-        size = (shape.num_layers, batch, capacity, shape.num_groups, shape.head_dim)
+        size = (shape.num_layers, batch, capacity, shape.num_query_groups, shape.head_dim)
         self.keys = torch.zeros(size, dtype=dtype, device=device)
         self.values = torch.zeros(size, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
@@ -66,7 +66,7 @@ class LlamaDecoder(nn.Module):
     """The transformer as a decoder over a `KVCache`. forward(tokens [B, n], cache) ->
     (post-norm hidden [B, n, D], logits [B, n, V])."""
 
-    def __init__(self, shape: LlamaShape, tensors: dict[str, Tensor],
+    def __init__(self, shape: ModelShape, tensors: dict[str, Tensor],
                  dtype: torch.dtype = torch.float32) -> None:
         """Build from Hugging Face Llama tensor names (vocabulary unpadded)."""
         super().__init__()
@@ -90,7 +90,7 @@ class LlamaDecoder(nn.Module):
             self.layers.append(layer)
         head_dim = shape.head_dim
         # RoPE frequencies as megatron and HF compute them (fp32; the base is an integer).
-        inv_freq = 1.0 / (shape.rope_theta ** (
+        inv_freq = 1.0 / (shape.rotary_base ** (
             torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -114,8 +114,8 @@ class LlamaDecoder(nn.Module):
         s = self.shape
         b, n, _ = x.shape
         q = F.linear(x, layer.q).view(b, n, s.num_heads, s.head_dim).transpose(1, 2)
-        k = F.linear(x, layer.k).view(b, n, s.num_groups, s.head_dim).transpose(1, 2)
-        v = F.linear(x, layer.v).view(b, n, s.num_groups, s.head_dim)
+        k = F.linear(x, layer.k).view(b, n, s.num_query_groups, s.head_dim).transpose(1, 2)
+        v = F.linear(x, layer.v).view(b, n, s.num_query_groups, s.head_dim)
         q = q * cos + _rotate_half(q) * sin
         k = (k * cos + _rotate_half(k) * sin).transpose(1, 2)
         rows = torch.arange(b, device=x.device).unsqueeze(1)
@@ -129,7 +129,7 @@ class LlamaDecoder(nn.Module):
         mask = torch.arange(span, device=x.device) <= positions.unsqueeze(-1)
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask.unsqueeze(1),
-            enable_gqa=s.num_groups != s.num_heads)
+            enable_gqa=s.num_query_groups != s.num_heads)
         return F.linear(out.transpose(1, 2).reshape(b, n, -1), layer.o)
 
     @torch.no_grad()

@@ -16,17 +16,17 @@ import torch
 from torch import Tensor
 
 from nextlat_pt.convert.errors import ConvertError
-from nextlat_pt.convert.hf_config import LlamaShape
 from nextlat_pt.data.tokenizer import MODEL_FILE_NAME
 from nextlat_pt.generate.decoder import DecoderTarget, LlamaDecoder
 from nextlat_pt.generate.drafter import Drafter, Psi
+from nextlat_pt.model.shape import ModelShape
 
 
 @dataclass
 class ModelWeights:
     """Everything the decoder and the drafter are built from."""
 
-    shape: LlamaShape
+    shape: ModelShape
     tensors: dict[str, Tensor]  # HF Llama names, vocabulary unpadded
     psi: dict[str, Tensor] | None  # norm/fc1/fc2/fc3 weights, None for a next-token model
     psi_norm_eps: float

@@ -25,28 +25,19 @@ from nextlat_pt.model.init import init_weights
 from nextlat_pt.model.kernels import install_rope_kernel
 from nextlat_pt.model.layer_spec import block_spec
 from nextlat_pt.model.psi import LatentDynamics
+from nextlat_pt.model.shape import ModelShape
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build the network (a flat view of the run config)."""
+class ModelSpec(ModelShape):
+    """Everything needed to build the network: its shape (`ModelShape`, the one definition
+    of those fields) and how to build and run it."""
 
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_query_groups: int
-    ffn_hidden_size: int
-    vocab_size: int  # the tokenizer's; padded below for TP
-    max_position_embeddings: int
-    tie_embeddings: bool = False
-    rotary_base: float = 10000.0
-    norm_eps: float = 1e-5
     init_std: float = 0.02
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     attention_backend: str = "auto"
     make_vocab_size_divisible_by: int = 128
-    psi_width: int = 0  # 0: no ψ (next-token objective)
     psi_zero_init: bool = False
     tp: int = 1
     pp: int = 1

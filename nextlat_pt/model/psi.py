@@ -46,11 +46,6 @@ from torch import Tensor
 from nextlat_pt.model.rmsnorm import RMSNorm
 
 
-def psi_width(hidden_size: int, proj_factor: float) -> int:
-    """The official width rule: 128 · round(proj_factor · 2D / 128) (0 for tiny D)."""
-    return 128 * round(proj_factor * 2 * hidden_size / 128)
-
-
 class EmbeddedInputs(NamedTuple):
     """ψ's first-layer terms from E(x) for every position of the sequence ([T, B, ...])."""
 
@@ -128,7 +123,7 @@ def rollout_step(psi: Callable[[Tensor, Tensor], Tensor], next_embeddings: Tenso
 
     With d > 1, `LatentDynamics` embeds the sequence once for all i (`embed` + `step`). With
     d = 1 there is nothing to share and the concatenating form is slightly cheaper
-    (bench/psi_rollout.py), so ψ is called as written, as is any other ψ(h, e).
+    (docs/results/cpu_step.md, bench/psi_rollout.py), so ψ is called as written, as is any other ψ(h, e).
     """
     if isinstance(psi, LatentDynamics) and horizon > 1:
         # x_0 is nobody's next token: embed x_1 .. x_{T-1} once; step i starts at x_i.

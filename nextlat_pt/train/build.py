@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from megatron.core import parallel_state as ps
 
@@ -9,6 +11,7 @@ from nextlat_pt.config import Config
 from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig
 from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func
+from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.parallel.grads import register_sequence_parallel_grad_hooks
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
 from nextlat_pt.train.optim import build_optimizer
@@ -27,25 +30,15 @@ def compute_dtype(cfg: Config) -> torch.dtype:
 
 
 def model_spec(cfg: Config, vocab_size: int) -> ModelSpec:
-    """The flat model description the network is built from."""
+    """The config's model shape (`Config.model_shape`) and how to build and run it."""
     m, p = cfg.model, cfg.parallel
     return ModelSpec(
-        num_layers=m.num_layers,
-        hidden_size=m.hidden_size,
-        num_heads=m.num_heads,
-        num_query_groups=cfg.num_query_groups,
-        ffn_hidden_size=cfg.ffn_hidden_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_embeddings=m.tie_embeddings,
-        rotary_base=m.rotary_base,
-        norm_eps=m.norm_eps,
+        **dataclasses.asdict(cfg.model_shape(vocab_size)),
         init_std=m.init_std,
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
         attention_backend=m.attention_backend,
         make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
-        psi_width=cfg.psi_width if cfg.uses_psi else 0,
         psi_zero_init=cfg.nextlat.psi_zero_init,
         tp=p.tp,
         pp=p.pp,
@@ -90,12 +83,12 @@ def build_model_chunks(spec: ModelSpec, device: torch.device) -> list[NextLatGPT
     ]
 
 
-def build_training(cfg: Config, vocab_size: int, device: torch.device):
+def build_training(cfg: Config, vocab_size: int,
+                   device: torch.device) -> tuple[list[NextLatTrainModule], TrainingEngine]:
     """Model chunks wrapped with the loss, AdamW, and the engine over them: DeepSpeed
     (ZeRO), or on one fp32 data-parallel rank without PP the optimizer itself
     (`LocalEngine`).
 
-    Returns (chunks: list[NextLatTrainModule], engine).
     """
     spec = model_spec(cfg, vocab_size)
     chunks = [NextLatTrainModule(model, loss_config(cfg))

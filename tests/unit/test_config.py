@@ -459,3 +459,20 @@ def test_print_config_shows_every_key_resolved_and_loads_back(tmp_path: Path,
     saved = tmp_path / "printed.yaml"
     saved.write_text(out)
     assert load_config(saved) == load_config("tiny", argv[3:])
+
+
+def test_model_shape_resolves_every_automatic_value() -> None:
+    """One resolution of the shape: the width rules, GQA's default, the position limit, ψ."""
+    shape = load_config(None, ["model.hidden_size=384", "model.num_heads=6"]).model_shape(1000)
+    assert shape.ffn_hidden_size == 128 * round(8 * 384 / 3 / 128)
+    assert shape.num_query_groups == 6 and shape.head_dim == 64
+    assert shape.max_position_embeddings == 256 and shape.vocab_size == 1000
+    assert shape.psi_width == 768
+    assert load_config(None, ["nextlat.objective=ntp"]).model_shape(1000).psi_width == 0
+
+
+def test_model_vocab_size_enlarges_the_tokenizers_and_never_shrinks_it() -> None:
+    assert load_config(None, ["model.vocab_size=50257"]).model_shape(4096).vocab_size == 50257
+    with pytest.raises(ConfigError, match=r"model.vocab_size=100 is smaller than the "
+                                          r"tokenizer's vocabulary \(4096\)"):
+        load_config(None, ["model.vocab_size=100"]).model_shape(4096)

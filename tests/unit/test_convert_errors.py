@@ -10,10 +10,10 @@ import torch
 
 from nextlat_pt.convert.cli import convert_main
 from nextlat_pt.convert.errors import ConvertError
-from nextlat_pt.convert.hf_config import LlamaShape
 from nextlat_pt.convert.megatron_reader import TensorInfo
 from nextlat_pt.convert.to_hf import _check_architecture
 from nextlat_pt.eval.cli import eval_main
+from nextlat_pt.model.shape import ModelShape
 
 
 def run(main, argv, capsys) -> str:
@@ -122,9 +122,9 @@ class FakeReader:
 
 
 def test_exporter_refuses_what_a_llama_cannot_hold():
-    shape = LlamaShape(num_layers=2, hidden_size=8, num_heads=2, num_groups=2,
+    shape = ModelShape(num_layers=2, hidden_size=8, num_heads=2, num_query_groups=2,
                        ffn_hidden_size=16, vocab_size=10, max_position_embeddings=16,
-                       tie_embeddings=False, rope_theta=1e4, norm_eps=1e-5)
+                       tie_embeddings=False, rotary_base=1e4, norm_eps=1e-5)
     p = "gpt.decoder.layers."
     good = {
         "gpt.embedding.word_embeddings.weight": (16, 8), "gpt.output_layer.weight": (16, 8),

@@ -20,7 +20,8 @@ from nextlat_pt.model.nextlat_loss import (
     next_token_loss,
     nextlat_loss,
 )
-from nextlat_pt.model.psi import LatentDynamics, psi_width, rollout_step
+from nextlat_pt.model.psi import LatentDynamics, rollout_step
+from nextlat_pt.model.shape import psi_width
 
 B, T, K, D, V, H = 2, 7, 5, 8, 11, 12
 
