@@ -130,8 +130,8 @@ class FlashOrSDPAttention(MegatronModule):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
         if q.device.type == "cpu":
             # The CPU flash kernel walks the sequence with the stride of the sbhd layout
-            # (b·heads·dim apart): copying to bhsd first is ~15% faster fwd+bwd (measured on
-            # the tiny config). CUDA kernels take the strided views as they are.
+            # (b·heads·dim apart): copying to bhsd first is faster fwd+bwd (figures:
+            # docs/results/cpu_step.md). CUDA kernels take the strided views as they are.
             q, k, v = (t.contiguous() for t in (q, k, v))
         attn_mask = None
         if attention_mask is not None:

@@ -36,8 +36,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
     AdamW runs torch's fused kernel wherever it exists (CPU and CUDA): one pass over each
     parameter, its gradient and both moments, instead of the default per-tensor path's
-    seven elementwise operations (1/7 of the optimizer time on the tiny CPU config,
-    `bench/reference_step.py`). Its update is the same to the bit whether the parameters
+    seven elementwise operations (docs/results/cpu_step.md has the measured gain). Its update is the same to the bit whether the parameters
     are separate tensors (the local engine) or one flat ZeRO partition (DeepSpeed), so both
     engines still agree exactly (tests/unit/test_local_engine.py).
     """
