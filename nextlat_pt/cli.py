@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
          "[--draft-len K | --adaptive threshold|acceptance]"),
         ("bench", _cmd_bench,
          "every benchmark, one table of ratios (source checkout): [--quick] [--json PATH]"),
+        ("sweep", _cmd_sweep,
+         "a grid of runs from one config: [CONFIG] --grid KEY=V1,V2 [--seeds N] [--out DIR] "
+         "[--slurm SCRIPT]; sweep --report DIR"),
     ):
         command = sub.add_parser(name, help=text, add_help=False)
         command.add_argument("rest", nargs=argparse.REMAINDER)
@@ -150,10 +153,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from nextlat_pt.sweep.cli import sweep_main
+
+    return sweep_main(args.rest)
+
+
 # Subcommands with their own argument parsers: everything after the name is theirs.
 _PASSTHROUGH = {"train-tokenizer": _cmd_train_tokenizer, "prepare-data": _cmd_prepare_data,
                 "ckpt": _cmd_ckpt, "convert": _cmd_convert, "eval": _cmd_eval,
-                "make-task": _cmd_make_task, "generate": _cmd_generate, "bench": _cmd_bench}
+                "make-task": _cmd_make_task, "generate": _cmd_generate, "bench": _cmd_bench,
+                "sweep": _cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@
 #   PYTHON          default <repo>/.venv/bin/python if present, else python3
 #   MAX_REQUEUES    stop requeueing after this many restarts (default 20)
 #   NEXTLAT_ROOT    the repository (default: found from the submission directory / the job)
+#   NEXTLAT_SWEEP   set by `nextlat-pt sweep ... --slurm SCRIPT` (a sweep.json): in array task
+#                   i this job trains the sweep's run i (its SAVE_DIR and overrides)
 #   OMP_NUM_THREADS default CPUs per rank; CUDA_DEVICE_MAX_CONNECTIONS default 1;
 #   TORCH_ELASTIC_SHUTDOWN_TIMEOUT default 600 (how long torchrun lets workers finish saving)
 
@@ -59,6 +61,15 @@ fi
 
 # --- the inputs: config, data, save directory, overrides ---------------------------------------
 OVERRIDES=("$@")
+if [ -n "${NEXTLAT_SWEEP:-}" ]; then  # one run of `nextlat-pt sweep --slurm`: its dir and overrides
+  [ -n "${SLURM_ARRAY_TASK_ID:-}" ] \
+    || _nl_fail "NEXTLAT_SWEEP is set but this is not an array task; submit sweeps with: nextlat-pt sweep CONFIG --grid ... --slurm $0"
+  _nl_sweep=$("$PYTHON" -m nextlat_pt sweep --array-task "$NEXTLAT_SWEEP" "$SLURM_ARRAY_TASK_ID") \
+    || _nl_fail "cannot read run $SLURM_ARRAY_TASK_ID of the sweep $NEXTLAT_SWEEP"
+  mapfile -t _nl_sweep_lines <<< "$_nl_sweep"
+  SAVE_DIR=${_nl_sweep_lines[0]}
+  OVERRIDES+=("${_nl_sweep_lines[@]:1}")
+fi
 if [ -n "${EXTRA_ARGS:-}" ]; then
   read -r -a _nl_extra <<< "$EXTRA_ARGS"
   OVERRIDES+=("${_nl_extra[@]}")
@@ -252,6 +263,8 @@ if [ -f "$SAVE_DIR/PREEMPTED" ] || [ "$rc" = 75 ] || { [ -n "$_NL_SIGNAL" ] && [
 fi
 if [ "$rc" = 0 ]; then
   _nl_log "training finished; newest checkpoint: $_nl_latest"
+  # A sweep's run: finished, so relaunching the sweep skips it.
+  if [ -n "${NEXTLAT_SWEEP:-}" ]; then echo finished > "$SAVE_DIR/SWEEP_DONE"; fi
   exit 0
 fi
 _nl_log "training failed (srun exit $rc); not requeueing. Newest checkpoint: $_nl_latest (resubmitting resumes from it)"

@@ -123,7 +123,8 @@ def rollout_step(psi: Callable[[Tensor, Tensor], Tensor], next_embeddings: Tenso
 
     With d > 1, `LatentDynamics` embeds the sequence once for all i (`embed` + `step`). With
     d = 1 there is nothing to share and the concatenating form is slightly cheaper
-    (docs/results/cpu_step.md, bench/psi_rollout.py), so ψ is called as written, as is any other ψ(h, e).
+    (docs/results/cpu_step.md, bench/psi_rollout.py), so ψ is called as written, as is any
+    other ψ(h, e).
     """
     if isinstance(psi, LatentDynamics) and horizon > 1:
         # x_0 is nobody's next token: embed x_1 .. x_{T-1} once; step i starts at x_i.

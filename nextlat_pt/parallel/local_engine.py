@@ -1,13 +1,13 @@
 """One data-parallel rank in fp32: the engine interface over the torch optimizer itself.
 
-With a single data-parallel rank ZeRO has nothing to shard, yet DeepSpeed's stage-1
-bookkeeping still runs every step: each gradient is copied into a flat partition buffer by a
-hook, "all-reduced" over a group of one and scaled, and the updated fp32 partition is copied
-back into the parameters: a measurable share of a small model's step (docs/results/
-cpu_step.md has the figures and the command). So such runs train with the optimizer directly. The update is DeepSpeed's to the bit
-(tests/unit/test_local_engine.py): the same optimizer on fp32 parameters after clipping by
-the global gradient norm, summed as DeepSpeed sums it (`parallel.grads.clip_grad_norm`);
-gradients are dropped after the step.
+With a single data-parallel rank ZeRO has nothing to shard, yet DeepSpeed's stage-1 bookkeeping
+still runs every step: each gradient is copied into a flat partition buffer by a hook, "all-
+reduced" over a group of one and scaled, and the updated fp32 partition is copied back into the
+parameters: a measurable share of a small model's step (docs/results/ cpu_step.md has the
+figures and the command). So such runs train with the optimizer directly. The update is
+DeepSpeed's to the bit (tests/unit/test_local_engine.py): the same optimizer on fp32 parameters
+after clipping by the global gradient norm, summed as DeepSpeed sums it
+(`parallel.grads.clip_grad_norm`); gradients are dropped after the step.
 
 bf16 runs keep DeepSpeed even on one rank: it owns the fp32 master weights.
 """

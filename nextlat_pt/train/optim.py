@@ -35,10 +35,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     """torch AdamW (or plain SGD) over the model's local (possibly TP-sharded) parameters.
 
     AdamW runs torch's fused kernel wherever it exists (CPU and CUDA): one pass over each
-    parameter, its gradient and both moments, instead of the default per-tensor path's
-    seven elementwise operations (docs/results/cpu_step.md has the measured gain). Its update is the same to the bit whether the parameters
-    are separate tensors (the local engine) or one flat ZeRO partition (DeepSpeed), so both
-    engines still agree exactly (tests/unit/test_local_engine.py).
+    parameter, its gradient and both moments, instead of the default per-tensor path's seven
+    elementwise operations (docs/results/cpu_step.md has the measured gain). Its update is
+    the same to the bit whether the parameters are separate tensors (the local engine) or
+    one flat ZeRO partition (DeepSpeed), so both engines still agree exactly
+    (tests/unit/test_local_engine.py).
     """
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":

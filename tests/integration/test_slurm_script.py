@@ -145,3 +145,31 @@ def test_other_sizes_use_their_config(script, layers, tmp_path, fake_sbatch):
                 bindir=fake_sbatch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{layers} layers" in proc.stdout
+
+
+def test_a_sweep_array_task_trains_its_own_run(tmp_path):
+    """Inside array task 1 of `nextlat-pt sweep --slurm`, the launcher takes run 1's
+    directory and overrides from the manifest, and marks the run finished when training
+    exits 0 (a stand-in `srun` records the command and succeeds)."""
+    from nextlat_pt.sweep.plan import expand, parse_grid
+
+    plan = expand(None, ["train.max_steps=3"], parse_grid(["train.lr=1e-3,2e-3"]), seeds=1,
+                  out=str(tmp_path / "sweep"), base_seed=7, sweep_name="s")
+    manifest = plan.write()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$(dirname "$0")/srun.args"\n')
+    (bindir / "scontrol").write_text("#!/bin/bash\necho localhost\n")
+    for tool in ("srun", "scontrol"):
+        (bindir / tool).chmod(0o755)
+    done = _run({"DATA": "builtin", "CONFIG": "tiny", "NEXTLAT_SWEEP": str(manifest),
+                 "SLURM_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "1", "NPROC_PER_NODE": "1",
+                 "SLURM_JOB_NODELIST": "localhost", "NEXTLAT_ROOT": str(ROOT)},
+                script="pretrain_125m.sh", bindir=bindir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    args = (bindir / "srun.args").read_text().splitlines()
+    run = plan.runs[1]
+    assert f"run.dir={run.dir}" in args
+    assert args[-len(run.overrides) - 1:] == ["train.max_steps=3", *run.overrides]
+    assert (Path(run.dir) / "SWEEP_DONE").is_file()
+    assert not (Path(plan.runs[0].dir) / "SWEEP_DONE").exists()
