@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from nextlat_pt.checkpointing.format import CHECKPOINT_TOKENIZER, read_trainer_state, step_dir_name
+from nextlat_pt.checkpointing.retention import Retention
 from nextlat_pt.config import Config, check_paths, save_config, validate
 from nextlat_pt.data.builtin_corpus import prepare_builtin_shards
 from nextlat_pt.data.dataset import open_dataset, resolve_dataset_dir
@@ -33,14 +35,7 @@ from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.parallel.local_engine import LocalEngine
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import (
-    CHECKPOINT_TOKENIZER,
-    AsyncSaves,
-    Retention,
-    read_trainer_state,
-    save_checkpoint,
-    step_dir_name,
-)
+from nextlat_pt.train.checkpoint import AsyncSaves, save_checkpoint
 from nextlat_pt.train.plot import plot_losses
 from nextlat_pt.train.preemption import (
     PREEMPTED_EXIT_CODE,

@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nextlat_pt.checkpointing.errors import CheckpointError
+from nextlat_pt.checkpointing.format import finalize, verify_checksums
+from nextlat_pt.checkpointing.retention import Retention, find_latest_valid, prune
 from nextlat_pt.config import Config
 from nextlat_pt.train import ckpt_tool
-from nextlat_pt.train.checkpoint import (
-    CheckpointError,
-    Retention,
-    _finalize,
-    find_latest_valid,
-    prune,
-    verify_checksums,
-)
 
 
 def _make(root: Path, step: int, complete: bool = True) -> Path:
@@ -34,7 +29,7 @@ def _make(root: Path, step: int, complete: bool = True) -> Path:
     (tmp / "config.yaml").write_text(yaml.safe_dump(Config().to_dict()))
     if not complete:
         return tmp
-    _finalize(tmp, root / f"step_{step:07d}", step)
+    finalize(tmp, root / f"step_{step:07d}", step)
     return root / f"step_{step:07d}"
 
 
@@ -153,7 +148,7 @@ def test_pruning_never_deletes_what_latest_names(tmp_path):
 
 
 def test_each_checkpoint_is_hashed_at_most_once_per_run(tmp_path, monkeypatch):
-    from nextlat_pt.train import checkpoint
+    from nextlat_pt.checkpointing import retention as checkpoint
 
     hashed: list[str] = []
     real = checkpoint.verify_checksums
@@ -245,7 +240,7 @@ class _Evil:
 def test_checkpoint_metadata_pickle_may_name_only_storage_classes(tmp_path):
     import pickle
 
-    from nextlat_pt.train.checkpoint import check_metadata_is_plain
+    from nextlat_pt.checkpointing.dcp_metadata import check_metadata_is_plain
 
     evil = tmp_path / ".metadata"
     evil.write_bytes(pickle.dumps({"x": _Evil()}))
