@@ -15,6 +15,9 @@ step counter. Reading them copies nothing; writing into them sets the engine's s
   flat state;
 - DeepSpeed ZeRO-3: the parameter's partition on this rank (rank × partition size, the
   padding of the last partition left out), through `get_local_fp32_param`.
+
+Every engine's torch optimizer creates its state at the first step; loading into one that
+has not stepped creates it first (zeros), then writes.
 """
 
 from __future__ import annotations
@@ -73,12 +76,22 @@ def base_optimizer(engine: Any) -> torch.optim.Optimizer:
     return engine.optimizer if kind == "local" else engine.optimizer.optimizer
 
 
-def _step_tensor(optimizer: torch.optim.Optimizer, group: dict, like: torch.Tensor
-                 ) -> torch.Tensor:
-    """A zero step counter as torch's optimizers create it (on the device when fused)."""
-    if group.get("fused") or group.get("capturable"):
-        return torch.zeros((), dtype=torch.float32, device=like.device)
-    return torch.tensor(0.0, dtype=torch.float32)
+def _state_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, names: list[str],
+              create: bool) -> dict[str, Any]:
+    """The optimizer's state entry for `tensor` (a parameter or a flat ZeRO partition).
+
+    torch's optimizers create it at their first step, and DeepSpeed leaves it so: with
+    `create`, an empty entry gets a zero step and zero moments, as torch's first step would
+    create them (fused: the step on the device), for a load to write into."""
+    state = optimizer.state[tensor]
+    if not state and create and names:
+        group = next(g for g in optimizer.param_groups if any(p is tensor for p in g["params"]))
+        fused = group.get("fused") or group.get("capturable")
+        state["step"] = (torch.zeros((), dtype=torch.float32, device=tensor.device) if fused
+                         else torch.tensor(0.0, dtype=torch.float32))
+        for name in names:
+            state[name] = torch.zeros_like(tensor, memory_format=torch.preserve_format)
+    return state
 
 
 def _local(engine: Any, create: bool) -> dict[int, HeldState]:
@@ -87,19 +100,14 @@ def _local(engine: Any, create: bool) -> dict[int, HeldState]:
     held = {}
     for group in optimizer.param_groups:
         for param in group["params"]:
-            state = optimizer.state[param]
-            if not state and create:
-                if names or isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-                    state["step"] = _step_tensor(optimizer, group, param)
-                for name in names:
-                    state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state = _state_of(optimizer, param, names, create)
             moments = {name: state[name].view(-1) for name in names if name in state}
             held[id(param)] = HeldState(param, 0, param.numel(), param.data.view(-1),
                                         moments, state)
     return held
 
 
-def _zero12(engine: Any) -> dict[int, HeldState]:
+def _zero12(engine: Any, create: bool) -> dict[int, HeldState]:
     wrapper = engine.optimizer
     optimizer = wrapper.optimizer
     names = moment_names(optimizer)
@@ -110,7 +118,7 @@ def _zero12(engine: Any) -> dict[int, HeldState]:
     held = {}
     for index, params in enumerate(groups):
         flat = partitions[index]
-        state = optimizer.state[flat]
+        state = _state_of(optimizer, flat, names, create)
         for param in params:
             mapping = getattr(param, "_hp_mapping", None)
             if mapping is None:
@@ -123,7 +131,7 @@ def _zero12(engine: Any) -> dict[int, HeldState]:
     return held
 
 
-def _zero3(engine: Any) -> dict[int, HeldState]:
+def _zero3(engine: Any, create: bool) -> dict[int, HeldState]:
     wrapper = engine.optimizer
     optimizer = wrapper.optimizer
     names = moment_names(optimizer)
@@ -132,7 +140,7 @@ def _zero3(engine: Any) -> dict[int, HeldState]:
         for param in params:
             group_index, offset, numel = wrapper.grad_position[wrapper.get_param_id(param)]
             flat = wrapper.fp32_partitioned_groups_flat[group_index]
-            state = optimizer.state[flat]
+            state = _state_of(optimizer, flat, names, create)
             rank = wrapper._get_param_partition_rank(param)
             start = rank * numel
             stop = min(start + numel, param.ds_numel)  # the last partition is padded
@@ -148,14 +156,14 @@ def _zero3(engine: Any) -> dict[int, HeldState]:
 
 def held_states(engine: Any, create: bool = False) -> dict[int, HeldState]:
     """id(parameter) -> what this rank's optimizer holds of it (parameters of which it holds
-    nothing are absent). `create`: give the local engine's optimizer its state if it has
-    not stepped yet (DeepSpeed creates its state when it starts)."""
+    nothing are absent). `create`: give an optimizer that has not stepped yet its state
+    (zeros), to load into."""
     kind = engine_kind(engine)
     if kind == "local":
         return _local(engine, create)
     if kind == "zero12":
-        return _zero12(engine)
-    return _zero3(engine)
+        return _zero12(engine, create)
+    return _zero3(engine, create)
 
 
 def read_step(held: HeldState) -> int:

@@ -75,7 +75,9 @@ def snapshot(models: list[torch.nn.Module], engine: Any, rank: int
     """This rank's optimizer file content (views, nothing copied) and its fragment list.
 
     With ZeRO-3 the parameters must be gathered around this call (placements.py)."""
-    entries = _local_fragments(models, engine, create=False)
+    # An optimizer that has not stepped yet gets its (zero) state as its first step would
+    # create it, so every checkpoint holds every moment.
+    entries = _local_fragments(models, engine, create=True)
     names = sorted({k for _, _, state, _, _ in entries for k in state.moments})
     fragments = [frag.to_json() for _, frag, _, _, _ in entries]
     tensors: dict[str, list[torch.Tensor]] = {MASTER: [], **{k: [] for k in names}}
@@ -218,14 +220,14 @@ def load(ckpt: Path, models: list[torch.nn.Module], engine: Any,
     except CheckpointError as err:
         error = str(err)
     _agree(error)
-    for _name, frag, state, lo, hi, sources in plan:
-        for kind, view in [(MASTER, state.master), *state.moments.items()]:
-            values = [(s, files[file]["tensors"][kind][i]) for file, i, s in sources
-                      if kind in files[file]["tensors"]]
-            if values:
-                fill_fragment(frag, values, view[lo:hi])
-        step = files[sources[0][0]]["steps"][sources[0][1]]
-        write_step(state, step)
+    with torch.no_grad():  # the masters are leaves that require grad (DeepSpeed's partitions)
+        for _name, frag, state, lo, hi, sources in plan:
+            for kind, view in [(MASTER, state.master), *state.moments.items()]:
+                values = [(s, files[file]["tensors"][kind][i]) for file, i, s in sources
+                          if kind in files[file]["tensors"]]
+                if values:
+                    fill_fragment(frag, values, view[lo:hi])
+            write_step(state, files[sources[0][0]]["steps"][sources[0][1]])
     return [state for _, _, state, _, _, _ in plan]
 
 

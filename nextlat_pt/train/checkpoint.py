@@ -16,6 +16,7 @@ with `weights_only=True` (plus an allow-list of DeepSpeed's plain state classes)
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -214,6 +215,15 @@ def _write_files(files: dict[str, Any]) -> None:
         torch.save(obj, path)
 
 
+def _weights_then_files(write_weights: Any, files: dict[str, Any], *args: Any,
+                        **kwargs: Any) -> None:
+    """The async writer's work: megatron's weights write (`args` as megatron staged them),
+    then the optimizer and RNG files."""
+    if write_weights is not None:
+        write_weights(*args, **kwargs)
+    _write_files(files)
+
+
 def _to_cpu(obj: Any) -> Any:
     """A CPU snapshot of a state (GPU tensors are copied; CPU tensors are kept as they are,
     which a forked async writer sees copy-on-write as of the fork)."""
@@ -296,11 +306,11 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Any, ste
         request = dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"),
                                           async_sharded_save=async_saves is not None)
         if async_saves is not None:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
-
-            async_saves.queue.schedule_async_request(request)
-            async_saves.queue.schedule_async_request(
-                AsyncRequest(_write_files, (files,), [finish]))
+            # One background writer per rank for everything: the weights, then this rank's
+            # optimizer state and RNG; the marker once every rank's writer is done.
+            async_saves.queue.schedule_async_request(request._replace(
+                async_fn=functools.partial(_weights_then_files, request.async_fn, files),
+                finalize_fns=[*request.finalize_fns, finish]))
             return final
     _write_files(files)
     _barrier()

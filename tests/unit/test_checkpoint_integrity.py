@@ -195,6 +195,23 @@ def test_ckpt_list_and_inspect(tmp_path, capsys):
     assert "not a checkpoint step directory" in capsys.readouterr().err
 
 
+def test_ckpt_inspect_says_whether_the_optimizer_state_moves_to_another_layout(
+        tmp_path, capsys):
+    """A checkpoint from before format 2 (no format_version) keeps its layout's optimizer
+    state; a format-2 one says any layout resumes with it."""
+    old = _make(tmp_path / "old", 2)
+    assert ckpt_tool.main(["inspect", str(old)]) == 0
+    assert "format          1; optimizer state tied to its layout" in capsys.readouterr().out
+    new = tmp_path / "new" / "step_0000002.tmp"
+    (new / "model").mkdir(parents=True)
+    state = {"step": 2, "format_version": 2, "optimizer_state": "layout-independent",
+             "layout": {"tp": 2, "pp": 1, "dp": 1, "zero_stage": 1}}
+    (new / "trainer_state.json").write_text(json.dumps(state))
+    finalize(new, new.with_name("step_0000002"), 2)
+    assert ckpt_tool.main(["inspect", str(new.with_name("step_0000002"))]) == 0
+    assert "format          2; optimizer state layout-independent" in capsys.readouterr().out
+
+
 def test_ckpt_list_verify_fails_on_a_corrupt_checkpoint_and_says_what_a_resume_uses(
         tmp_path, capsys):
     root = tmp_path / "run" / "checkpoints"
