@@ -18,8 +18,9 @@ moments) and, side by side in one run, repeats:
 - load: `load_checkpoint` of the asynchronous checkpoint into the same model and engine
   (weights, optimizer state, RNG).
 
-Peak host memory: the trainer process's resident set, sampled every 5 ms while each save or
-load runs, above what it held just before (the forked async writers are not counted).
+Peak host memory: the trainer process's anonymous resident memory (RssAnon: allocations,
+not the file pages a memory-mapped read maps), sampled every 5 ms while each save or load
+runs, above what it held just before (the forked async writers are not counted).
 
 Medians over repeats; ratios are checkpoint throughput over raw throughput (1.0 = as fast as
 the disk streams bytes; the checksums read every file back once, so < 1 is expected).
@@ -66,17 +67,29 @@ def _raw_write(path: Path, nbytes: int) -> float:
     return elapsed
 
 
-class PeakRss:
-    """The highest resident set size of this process while the block runs, above the
-    size at its start (sampled in a thread)."""
+def _anonymous_bytes() -> int:
+    """This process's anonymous resident memory (RssAnon): what it allocated, without the
+    file pages a memory-mapped read brings in (page cache the kernel may drop)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss  # elsewhere: the whole resident set
+
+
+class PeakMemory:
+    """The highest anonymous resident memory of this process while the block runs, above
+    what it held at its start (sampled in a thread every 5 ms)."""
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
-        self.process = psutil.Process()
         self.peak_above = 0
 
-    def __enter__(self) -> PeakRss:
-        self.start = self.process.memory_info().rss
+    def __enter__(self) -> PeakMemory:
+        self.start = _anonymous_bytes()
         self.peak = self.start
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -85,13 +98,13 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self.done.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak = max(self.peak, _anonymous_bytes())
             time.sleep(self.interval)
 
     def __exit__(self, *exc: object) -> None:
         self.done.set()
         self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak = max(self.peak, _anonymous_bytes())
         self.peak_above = self.peak - self.start
 
 
@@ -128,7 +141,7 @@ def measure(overrides: Sequence[str] = (), *, repeats: int = 5, directory: Path 
         for _ in range(repeats):
             step += 1
             start = time.perf_counter()
-            with PeakRss() as rss:
+            with PeakMemory() as rss:
                 ckpt = save_checkpoint(cfg, models, engine, step, {"step": step})
             sync_t.append(time.perf_counter() - start)
             save_mem.append(rss.peak_above)
@@ -144,7 +157,7 @@ def measure(overrides: Sequence[str] = (), *, repeats: int = 5, directory: Path 
             async_total.append(time.perf_counter() - start)
 
             start = time.perf_counter()
-            with PeakRss() as rss:
+            with PeakMemory() as rss:
                 load_checkpoint(latest, cfg, models, engine)
             load_t.append(time.perf_counter() - start)
             load_mem.append(rss.peak_above)

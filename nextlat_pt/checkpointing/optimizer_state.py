@@ -1,10 +1,12 @@
 """Layout-independent optimizer state: saved where it is held, loaded into any layout.
 
 Each rank writes `optim/rank_NNNNN.pt` with what its optimizer holds: per fragment of a
-parameter (global name, full shape, box, flat range; see boxes.py) the fp32 master weights,
-each moment and the step. No rank gathers anything; the tensors are views of the engine's
-own storage (one flat ZeRO partition is written once). Rank 0 writes `optim/index.json`:
-which file holds which fragments.
+parameter (global name, full shape, box, flat range; see boxes.py) each moment, the step,
+and the fp32 master weights where the weights are not them (bf16; in fp32 the saved
+weights are the masters, bit for bit, and loading takes the masters from them). No rank
+gathers anything; the tensors are views of the engine's own storage (one flat ZeRO
+partition is written once). Rank 0 writes `optim/index.json`: which file holds which
+fragments.
 
 Loading, every rank reads the index, checks that it has every fragment of every parameter
 it holds (names, shapes, complete boxes), opens only the files that hold an intersecting
@@ -29,6 +31,7 @@ from nextlat_pt.checkpointing.engine_state import (
     HeldState,
     held_states,
     read_step,
+    refresh_masters,
     write_step,
 )
 from nextlat_pt.checkpointing.errors import CheckpointError
@@ -79,12 +82,15 @@ def snapshot(models: list[torch.nn.Module], engine: Any, rank: int
     # create it, so every checkpoint holds every moment.
     entries = _local_fragments(models, engine, create=True)
     names = sorted({k for _, _, state, _, _ in entries for k in state.moments})
+    if any(state.param.dtype != torch.float32 for _, _, state, _, _ in entries):
+        names.insert(0, MASTER)  # bf16 weights: the fp32 masters are more than the weights
     fragments = [frag.to_json() for _, frag, _, _, _ in entries]
-    tensors: dict[str, list[torch.Tensor]] = {MASTER: [], **{k: [] for k in names}}
+    tensors: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     steps = []
     for _, _, state, lo, hi in entries:
-        tensors[MASTER].append(state.master[lo:hi].detach())
-        for k in names:
+        if MASTER in tensors:
+            tensors[MASTER].append(state.master[lo:hi].detach())
+        for k in names[1 if MASTER in tensors else 0:]:
             tensors[k].append(state.moments[k][lo:hi].detach())
         steps.append(read_step(state))
     content = {"fragments": fragments, "steps": steps, "tensors": tensors, "rank": rank}
@@ -159,8 +165,8 @@ def _open_file(ckpt: Path, file: str, expected: int) -> dict[str, Any]:
         count = len(content["fragments"])
         tensors = content["tensors"]
         ok = count == expected and all(len(v) == count for v in tensors.values()) and all(
-            t.numel() == Fragment.from_json(f).numel
-            for f, t in zip(content["fragments"], tensors[MASTER]))
+            t.numel() == Fragment.from_json(f).numel for values in tensors.values()
+            for f, t in zip(content["fragments"], values))
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as err:
         raise CheckpointError(f"{ckpt}: optimizer shard {file} is unreadable (truncated or "
                               f"not a checkpoint file: {str(err).splitlines()[0][:120]})"
@@ -220,14 +226,18 @@ def load(ckpt: Path, models: list[torch.nn.Module], engine: Any,
     except CheckpointError as err:
         error = str(err)
     _agree(error)
+    with_masters = bool(files) and all(MASTER in f["tensors"] for f in files.values())
     with torch.no_grad():  # the masters are leaves that require grad (DeepSpeed's partitions)
         for _name, frag, state, lo, hi, sources in plan:
-            for kind, view in [(MASTER, state.master), *state.moments.items()]:
+            kinds = [(MASTER, state.master)] if with_masters else []
+            for kind, view in [*kinds, *state.moments.items()]:
                 values = [(s, files[file]["tensors"][kind][i]) for file, i, s in sources
                           if kind in files[file]["tensors"]]
                 if values:
                     fill_fragment(frag, values, view[lo:hi])
             write_step(state, files[sources[0][0]]["steps"][sources[0][1]])
+    if not with_masters:  # an fp32 run's masters are its weights, loaded already
+        refresh_masters(engine)
     return [state for _, _, state, _, _, _ in plan]
 
 

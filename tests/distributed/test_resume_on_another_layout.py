@@ -5,9 +5,10 @@ then start layout B from A's step-K checkpoint and train M steps. B's per-step l
 final weights equal A's to 1e-5 (AdamW, gradient clipping active), and B read the same
 samples. Where the masters are not the weights (bf16) or live in another engine's
 bookkeeping (ZeRO-3, the local engine), B first only loads A's checkpoint and saves it
-again in its own layout: every fp32 master, moment and step must be A's bit for bit, and
-B then resumes from that copy. (Each launch costs seconds of start-up: the other pairs
-skip the extra one; tests/unit/test_optimizer_checkpoint.py covers the arithmetic.)
+again in its own layout: every fp32 master (in fp32: the weights), moment and step must be
+A's bit for bit, and B then resumes from that copy. (Each launch costs seconds of
+start-up: the other pairs skip the extra one; tests/unit/test_optimizer_checkpoint.py
+covers the arithmetic.)
 """
 
 from __future__ import annotations
@@ -128,13 +129,21 @@ def test_resume_on_another_layout_continues_the_run(parallel_tp1, runs, tmp_path
         saved, reloaded = read_full_state(_ckpt(stayed, K)), read_full_state(_ckpt(moved, K))
         assert saved.keys() == reloaded.keys()
         for key, state in saved.items():
+            assert state.keys() == reloaded[key].keys(), key
+            assert {"exp_avg", "exp_avg_sq"} <= state.keys(), key
+            assert ("master" in state) == source.startswith("bf16"), key  # fp32: the weights
             assert state["step"] == reloaded[key]["step"] == K, key
-            for kind in ("master", "exp_avg", "exp_avg_sq"):
+            for kind in state.keys() - {"step"}:
                 assert torch.equal(state[kind], reloaded[key][kind]), f"{key} {kind}"
+        weights, reloaded_weights = _weights(_ckpt(stayed, K)), _weights(_ckpt(moved, K))
+        for name, tensor in weights.items():
+            assert torch.equal(tensor, reloaded_weights[name]), name
 
     # The continuation is the run that stayed: losses, final weights, data position. In
-    # bf16 the two layouts sum gradients in another order, which bf16 rounding amplifies.
-    rel = 2e-3 if source.startswith("bf16") else 1e-5
+    # bf16 the two layouts sum gradients in another order, which bf16 rounding amplifies: a
+    # few weights end one or two bf16 steps apart (seen: 28 of 262144, 1.8e-4 at most).
+    bf16 = source.startswith("bf16")
+    rel, atol = (2e-3, 5e-4) if bf16 else (1e-5, 1e-6)
     ours, theirs = _losses(moved), _losses(stayed)
     assert sorted(ours) == list(range(K + 1, K + M + 1))
     for step in ours:
@@ -145,7 +154,7 @@ def test_resume_on_another_layout_continues_the_run(parallel_tp1, runs, tmp_path
     final, reference = _ckpt(moved, K + M), _ckpt(stayed, K + M)
     weights, ref_weights = _weights(final), _weights(reference)
     for name, tensor in ref_weights.items():
-        torch.testing.assert_close(weights[name], tensor, rtol=rel, atol=1e-6,
+        torch.testing.assert_close(weights[name], tensor, rtol=rel, atol=atol,
                                    msg=lambda m, n=name: f"{n}: {m}")
     for key in ("consumed_samples", "tokens_seen"):
         assert read_trainer_state(final)[key] == read_trainer_state(reference)[key]

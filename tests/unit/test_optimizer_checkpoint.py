@@ -102,10 +102,10 @@ def _state(engine) -> list[torch.Tensor]:
 
 
 def _scramble(engine) -> list[torch.Tensor]:
-    """Overwrite the engine's state (so a load that changes nothing is visible)."""
+    """Overwrite the optimizer's moments and step (so a load that changes nothing is
+    visible). The weights stay: in fp32 they are the masters, loaded with the weights."""
     with torch.no_grad():
         for p in engine.params:
-            p.add_(1.0)
             for value in engine.optimizer.state[p].values():
                 value.add_(1.0)
     return _state(engine)
