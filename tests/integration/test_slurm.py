@@ -8,10 +8,9 @@ if needed, torn down afterwards by PID).
   rank saves at the next step boundary, the script requeues the job, the job restarts
   (SLURM_RESTART_COUNT=1), resumes from exactly that checkpoint and finishes: the final
   checkpoint is train.max_steps and metrics.jsonl has each step once.
-- A job that may run on one or two nodes (`--nodes=1-2`) is preempted on two (DP=2,
-  ZeRO-1) and requeued while the second is drained: it resumes on one (DP=1, the one-rank
-  engine) with the optimizer state, and its losses equal a two-rank run that was never
-  interrupted, to 1e-5.
+- A job preempted on two nodes (DP=2, ZeRO-1) and requeued while the second is drained,
+  shrunk to one node as it waits, resumes on one (DP=1, the one-rank engine) with the
+  optimizer state, and its losses equal a two-rank run never interrupted, to 1e-5.
 - A job with a missing dataset fails at once with the message, and is not requeued.
 
 Skipped only where it cannot run: not root, or Slurm missing with no way to install it.
@@ -120,8 +119,8 @@ def _job_env(cluster_env: dict[str, str], **extra: str) -> dict[str, str]:
     return env
 
 
-def _submit(env: dict[str, str], log: Path, args: list[str], nodes: str = str(NODES)) -> str:
-    proc = subprocess.run(["sbatch", "--parsable", f"--nodes={nodes}", f"--output={log}",
+def _submit(env: dict[str, str], log: Path, args: list[str]) -> str:
+    proc = subprocess.run(["sbatch", "--parsable", f"--nodes={NODES}", f"--output={log}",
                            str(ROOT / "slurm" / "pretrain_1b.sh"), *args],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -213,15 +212,16 @@ def _scontrol(env: dict[str, str], *args: str) -> None:
 
 def test_requeued_job_resumes_on_one_node_and_continues_the_losses(cluster, tmp_path,
                                                                    corpus_cache):
-    """A job that may run on one or two nodes (`--nodes=1-2`) starts on both; cinode2 is
-    drained while leg 1 runs (it keeps its job, takes no new one), so the requeued job runs
-    leg 2 on cinode1 alone: DP=2 (ZeRO-1) -> DP=1 (the one-rank engine)."""
+    """Leg 1 on two nodes; cinode2 is drained while it runs (it keeps its job, takes no new
+    one), and the requeued job, while it waits, is shrunk to one node and one task
+    (`scontrol update NumTasks=1 NumNodes=1`): leg 2 runs on cinode1 alone, DP=2 (ZeRO-1)
+    -> DP=1 (the one-rank engine)."""
     steps = 30
     run_dir = tmp_path / "run"
     log = tmp_path / "job.log"
     env = _job_env(cluster, DATA="builtin", SAVE_DIR=str(run_dir),
                    EXTRA_ARGS=f"data.cache_dir={corpus_cache} train.max_steps={steps}")
-    job = _submit(env, log, TINY, nodes=f"1-{NODES}")
+    job = _submit(env, log, TINY)
     latest = run_dir / "checkpoints" / "latest"
     _wait(lambda: latest.exists() or _finished(env, job), 300, "the first checkpoint", env,
           job, log)
@@ -230,6 +230,10 @@ def test_requeued_job_resumes_on_one_node_and_continues_the_losses(cluster, tmp_
     try:
         subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True,
                        timeout=30)
+        _wait(lambda: _scontrol_job(env, job).get("Restarts") == "1"
+              and _scontrol_job(env, job).get("JobState") == "PENDING", 300,
+              "the requeued job to wait", env, job, log)
+        _scontrol(env, "update", f"JobId={job}", "NumTasks=1", "NumNodes=1")
         _wait(lambda: _finished(env, job), 600, "the job to finish", env, job, log)
     finally:
         _scontrol(env, "update", "NodeName=cinode2", "State=RESUME")
