@@ -14,7 +14,13 @@ moments) and, side by side in one run, repeats:
   trainer state, checksums, marker, rename): the loop is blocked for all of it;
 - async save: `save_checkpoint(..., AsyncSaves)`: the loop is blocked only until the
   background writers are forked; the rest (writing, then the marker) is measured until
-  `wait()` returns.
+  `wait()` returns;
+- load: `load_checkpoint` of the asynchronous checkpoint into the same model and engine
+  (weights, optimizer state, RNG).
+
+Peak host memory: the trainer process's anonymous resident memory (RssAnon: allocations,
+not the file pages a memory-mapped read maps), sampled every 5 ms while each save or load
+runs, above what it held just before (the forked async writers are not counted).
 
 Medians over repeats; ratios are checkpoint throughput over raw throughput (1.0 = as fast as
 the disk streams bytes; the checksums read every file back once, so < 1 is expected).
@@ -29,18 +35,20 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from benchlib import describe_machine, machine_info
 
 from nextlat_pt.config import load_config
 from nextlat_pt.parallel import distributed
 from nextlat_pt.train.build import build_training
-from nextlat_pt.train.checkpoint import AsyncSaves, save_checkpoint
+from nextlat_pt.train.checkpoint import AsyncSaves, load_checkpoint, save_checkpoint
 
 DEFAULTS = ["model.num_layers=8", "model.hidden_size=512", "model.num_heads=8",
             "logging.wandb=disabled", "checkpoint.keep=1"]
@@ -57,6 +65,47 @@ def _raw_write(path: Path, nbytes: int) -> float:
     elapsed = time.perf_counter() - start
     path.unlink()
     return elapsed
+
+
+def _anonymous_bytes() -> int:
+    """This process's anonymous resident memory (RssAnon): what it allocated, without the
+    file pages a memory-mapped read brings in (page cache the kernel may drop)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss  # elsewhere: the whole resident set
+
+
+class PeakMemory:
+    """The highest anonymous resident memory of this process while the block runs, above
+    what it held at its start (sampled in a thread every 5 ms)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak_above = 0
+
+    def __enter__(self) -> PeakMemory:
+        self.start = _anonymous_bytes()
+        self.peak = self.start
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, _anonymous_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, _anonymous_bytes())
+        self.peak_above = self.peak - self.start
 
 
 def _dir_bytes(path: Path) -> int:
@@ -87,22 +136,31 @@ def measure(overrides: Sequence[str] = (), *, repeats: int = 5, directory: Path 
         engine.step()
 
         raw_t, sync_t, async_block, async_total, sizes = [], [], [], [], []
+        load_t, save_mem, load_mem = [], [], []
         step = 0
         for _ in range(repeats):
             step += 1
             start = time.perf_counter()
-            ckpt = save_checkpoint(cfg, models, engine, step, {"step": step})
+            with PeakMemory() as rss:
+                ckpt = save_checkpoint(cfg, models, engine, step, {"step": step})
             sync_t.append(time.perf_counter() - start)
+            save_mem.append(rss.peak_above)
             sizes.append(_dir_bytes(ckpt))
             raw_t.append(_raw_write(workdir / "raw.bin", sizes[-1]))
 
             step += 1
             saves = AsyncSaves()
             start = time.perf_counter()
-            save_checkpoint(cfg, models, engine, step, {"step": step}, saves)
+            latest = save_checkpoint(cfg, models, engine, step, {"step": step}, saves)
             async_block.append(time.perf_counter() - start)
             saves.wait()
             async_total.append(time.perf_counter() - start)
+
+            start = time.perf_counter()
+            with PeakMemory() as rss:
+                load_checkpoint(latest, cfg, models, engine)
+            load_t.append(time.perf_counter() - start)
+            load_mem.append(rss.peak_above)
         del engine, chunks, models
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -113,7 +171,8 @@ def measure(overrides: Sequence[str] = (), *, repeats: int = 5, directory: Path 
     rows = []
     for name, times in (("raw sequential write", raw_t), ("sync save (loop blocked)", sync_t),
                         ("async save: loop blocked", async_block),
-                        ("async save: until complete", async_total)):
+                        ("async save: until complete", async_total),
+                        ("load (weights + optimizer)", load_t)):
         seconds = med(times)
         rows.append({"name": name, "seconds": seconds, "bytes_per_s": nbytes / seconds,
                      "vs_raw": (nbytes / seconds) / raw_bps, "times_s": times})
@@ -125,6 +184,9 @@ def measure(overrides: Sequence[str] = (), *, repeats: int = 5, directory: Path 
         "rows": rows,
         "sync_over_raw": rows[1]["vs_raw"],
         "async_blocked_over_sync": med(async_block) / med(sync_t),
+        "load_s": med(load_t),
+        "peak_rss_above_save_bytes": med(save_mem),
+        "peak_rss_above_load_bytes": med(load_mem),
     }
 
 
@@ -147,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync_s, block_s = result["rows"][1]["seconds"], result["rows"][2]["seconds"]
     print(f"loop blocked per save: sync {sync_s:.3f} s, async {block_s:.3f} s "
           f"({result['async_blocked_over_sync']:.2f} of sync)")
+    print(f"peak host memory above the start: save {result['peak_rss_above_save_bytes'] / 1e6:.0f}"
+          f" MB, load {result['peak_rss_above_load_bytes'] / 1e6:.0f} MB "
+          f"(checkpoint {result['checkpoint_bytes'] / 1e6:.0f} MB)")
     distributed.destroy()
     return 0
 

@@ -94,7 +94,7 @@ def parse_args() -> argparse.Namespace:
 
 def train_model(args: argparse.Namespace) -> Path:
     """The tiny default job, trained for --train-steps (skipped when already done)."""
-    from nextlat_pt.train.checkpoint import is_complete, list_checkpoints
+    from nextlat_pt.checkpointing.format import is_complete, list_checkpoints
 
     ckpts = [p for p in list_checkpoints(args.train_dir / "checkpoints") if is_complete(p)]
     if ckpts and ckpts[-1].name == f"step_{args.train_steps:07d}":

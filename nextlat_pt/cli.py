@@ -40,8 +40,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         report_error(f"nextlat-pt: config error: {err}")
         return 2
     silence_library_noise()
+    from nextlat_pt.checkpointing.errors import CheckpointError
     from nextlat_pt.data.errors import DataError
-    from nextlat_pt.train.checkpoint import CheckpointError
     from nextlat_pt.train.run import main as train_main
 
     try:

@@ -56,7 +56,7 @@ def run_subcommand(parser: argparse.ArgumentParser, run: Callable[[argparse.Name
 # (an error cannot come from one that is not), so that arguments are checked, and --help is
 # answered, before megatron and torch load.
 _USER_ERRORS = (("nextlat_pt.config", "ConfigError"), ("nextlat_pt.data.errors", "DataError"),
-                ("nextlat_pt.train.checkpoint", "CheckpointError"),
+                ("nextlat_pt.checkpointing.errors", "CheckpointError"),
                 ("nextlat_pt.convert.errors", "ConvertError"))
 
 

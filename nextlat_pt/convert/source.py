@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nextlat_pt.config import Config, ConfigError, load_config
-from nextlat_pt.convert.errors import ConvertError
-from nextlat_pt.train.checkpoint import (
+from nextlat_pt.checkpointing.errors import CheckpointError
+from nextlat_pt.checkpointing.format import (
     CHECKPOINT_TOKENIZER,
     MARKER,
-    CheckpointError,
     is_complete,
     list_checkpoints,
     verify_checksums,
 )
+from nextlat_pt.config import Config, ConfigError, load_config
+from nextlat_pt.convert.errors import ConvertError
 
 
 @dataclass

@@ -20,7 +20,6 @@ gives the same size (the same rule as for any checkpoint of ours).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from nextlat_pt.checkpointing.format import FORMAT_VERSION, write_marker
 from nextlat_pt.config import Config, ConfigError, load_config, save_config, validate
 from nextlat_pt.convert import llama_mapping as lm
 from nextlat_pt.convert.errors import ConvertError
@@ -42,7 +42,6 @@ from nextlat_pt.convert.to_hf import EXPORT_INFO
 from nextlat_pt.convert.world import single_process_world
 from nextlat_pt.data.tokenizer import MODEL_FILE_NAME, Tokenizer
 from nextlat_pt.model.shape import ModelShape
-from nextlat_pt.train.checkpoint import FORMAT_VERSION, MARKER
 
 # Sections of an exported training config that describe the old run, not this model.
 _RESET_SECTIONS = ("checkpoint",)
@@ -163,27 +162,11 @@ def _check_hf_names(weights: HFWeights, shape: ModelShape) -> None:
                            f"{', '.join(extra[:4])}{' …' if len(extra) > 4 else ''}")
 
 
-def _write_marker(step_dir: Path) -> None:
-    """The COMPLETE marker in the trainer's format: the sha256 of every other file."""
-    checksums = {}
-    total = 0
-    for path in sorted(step_dir.rglob("*")):
-        if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            checksums[str(path.relative_to(step_dir))] = digest.hexdigest()
-            total += path.stat().st_size
-    (step_dir / MARKER).write_text(json.dumps({"step": 0, "bytes": total, "sha256": checksums},
-                                              indent=2))
-
-
 def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelShape,
                  psi: tuple[dict[str, torch.Tensor], dict[str, Any]] | None):
     """Our TP=1 model holding the folder's weights; ψ loaded or fresh. -> (model, ψ status)"""
     from nextlat_pt.model.gpt import NextLatGPT
-    from nextlat_pt.train.build import model_spec
+    from nextlat_pt.model_from_config import model_spec
 
     # One process writes the checkpoint; dist_checkpointing makes it loadable by any layout.
     # Only the vocabulary padding depends on the target TP: pad for it here.
@@ -248,7 +231,7 @@ def import_from_hf(hf_dir: str | Path, out_dir: str | Path, overrides: list[str]
         save_config(cfg, tmp / "config.yaml")
         trainer_state = _trainer_state(cfg, tokenizer, out_dir, hf_dir)
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-        _write_marker(tmp)
+        write_marker(tmp, step=0)
         finish_out_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

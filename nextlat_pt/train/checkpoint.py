@@ -1,33 +1,27 @@
-"""Checkpoints: one directory per step, complete only once its marker exists.
+"""Saving and loading checkpoints: what needs the model, the engine and megatron.
 
-    <checkpoint.dir>/step_0000150/
-        model/                       megatron dist_checkpointing (reshardable across TP/PP)
-        optim/tp00_pp00_dp000.pt     each rank's DeepSpeed (ZeRO-partitioned) optimizer state
-        rng/rank_00000.pt            each rank's torch and megatron-tracker RNG states
-        trainer_state.json           step, consumed samples, layout, tokenizer, data (absolute
-                                     paths), wandb id
-        config.yaml                  the resolved run config
-        tokenizer.model              a copy of the run's tokenizer (the checkpoint stands alone)
-        COMPLETE                     written last: the sha256 of every other file
-    <checkpoint.dir>/latest          the name of the newest complete checkpoint (atomic)
+The on-disk format (step directories, the COMPLETE marker, checksums, `latest`, retention,
+the layout-independent optimizer state) lives in `nextlat_pt.checkpointing`, which imports
+no megatron; this module writes and reads a run's state through it:
 
-Everything is written under `step_N.tmp/` and renamed when complete, so a crash mid-save
-never leaves a directory that looks like a checkpoint, and `latest` only ever names complete
-ones. Loading verifies the checksums and never unpickles arbitrary objects: torch files are
-read with `weights_only=True` (plus an allow-list of DeepSpeed's plain state classes).
+- weights: megatron dist_checkpointing, reshardable across TP/PP (`model/`);
+- optimizer: each rank's share under global parameter names (`optim/`, format 2), loaded
+  into any layout; format-1 checkpoints (DeepSpeed's own partitions) load as before;
+- RNG: each rank's torch and megatron-tracker streams (`rng/`), restored on the same layout.
+
+Loading verifies the checksums and never unpickles arbitrary objects: torch files are read
+with `weights_only=True` (plus an allow-list of DeepSpeed's plain state classes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import json
 import os
-import pickle
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,32 +33,27 @@ from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException as DcpCheckpointException
 
+from nextlat_pt.checkpointing import optimizer_state
+from nextlat_pt.checkpointing.dcp_metadata import check_metadata_is_plain
+from nextlat_pt.checkpointing.engine_state import refresh_masters
+from nextlat_pt.checkpointing.errors import CheckpointError
+from nextlat_pt.checkpointing.format import (
+    CHECKPOINT_TOKENIZER,
+    FORMAT_VERSION,
+    MARKER,
+    TRAINER_STATE,
+    finalize,
+    format_version,
+    is_complete,
+    read_trainer_state,
+    step_dir_name,
+)
+from nextlat_pt.checkpointing.retention import Retention
 from nextlat_pt.config import Config, save_config
+from nextlat_pt.model_from_config import compute_dtype
 from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
 from nextlat_pt.train import helper_processes
-from nextlat_pt.train.build import compute_dtype
-
-MARKER = "COMPLETE"
-LATEST = "latest"
-CHECKPOINT_TOKENIZER = "tokenizer.model"  # a copy of the run's tokenizer, in every checkpoint
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the reason and what to do."""
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _barrier() -> None:
@@ -92,13 +81,9 @@ def layout_of(cfg: Config) -> dict[str, int]:
     }
 
 
-def _optim_file(tp: int, pp: int, dp: int) -> str:
+def _format1_optim_file(tp: int, pp: int, dp: int) -> str:
+    """Where format 1 kept each rank's DeepSpeed partition (read for old checkpoints)."""
     return f"optim/tp{tp:02d}_pp{pp:02d}_dp{dp:03d}.pt"
-
-
-def _my_optim_file() -> str:
-    return _optim_file(ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
-                       ps.get_data_parallel_rank())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,34 +128,6 @@ def _full_parameters(models: list[torch.nn.Module], zero_stage: int, modify: boo
     params = [p for m in models for p in m.parameters()]
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
         yield
-
-
-# torch.distributed.checkpoint reads its `.metadata` file with plain pickle. Before it does,
-# the file is walked by an unpickler that only resolves these names, so a checkpoint can name
-# nothing else (no arbitrary callables).
-_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner",
-                "torch.distributed.checkpoint.filesystem")
-_DCP_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"),
-              ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
-              ("builtins", "slice")}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = (module in _DCP_MODULES or (module, name) in _DCP_NAMES
-                   or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                        torch.dtype)))
-        if not allowed:
-            raise CheckpointError(f"refusing to unpickle {module}.{name} from a checkpoint's "
-                                  f"metadata; the checkpoint is not one nextlat_pt wrote")
-        return super().find_class(module, name)
-
-
-def check_metadata_is_plain(path: Path) -> None:
-    """Raise CheckpointError if a dist_checkpointing `.metadata` pickle names anything but
-    the storage-metadata classes (it is then never handed to pickle.load)."""
-    with open(path, "rb") as f:
-        _MetadataUnpickler(f).load()
 
 
 def _first_line(err: BaseException) -> str:
@@ -259,6 +216,15 @@ def _write_files(files: dict[str, Any]) -> None:
         torch.save(obj, path)
 
 
+def _weights_then_files(write_weights: Any, files: dict[str, Any], *args: Any,
+                        **kwargs: Any) -> None:
+    """The async writer's work: megatron's weights write (`args` as megatron staged them),
+    then the optimizer and RNG files."""
+    if write_weights is not None:
+        write_weights(*args, **kwargs)
+    _write_files(files)
+
+
 def _to_cpu(obj: Any) -> Any:
     """A CPU snapshot of a state (GPU tensors are copied; CPU tensors are kept as they are,
     which a forked async writer sees copy-on-write as of the fork)."""
@@ -315,13 +281,18 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Training
         for sub in ("model", "optim", "rng"):
             (tmp / sub).mkdir(parents=True)
     _barrier()
-    state = dict(trainer_state, format_version=FORMAT_VERSION, layout=layout_of(cfg))
-    files = {tmp / _my_optim_file(): _to_cpu(engine.optimizer.state_dict()),
+    state = dict(trainer_state, format_version=FORMAT_VERSION, layout=layout_of(cfg),
+                 optimizer_state="layout-independent")
+    with _full_parameters(models, cfg.parallel.zero_stage, modify=False):
+        optim, fragments = optimizer_state.snapshot(models, engine, rank)
+    index = optimizer_state.gather_index(fragments, rank)
+    files = {tmp / optimizer_state.rank_file(rank): _to_cpu(optim),
              tmp / "rng" / f"rank_{rank:05d}.pt": rng_state()}
 
-    def finalize() -> None:
+    def finish() -> None:
         if rank == 0:
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+            optimizer_state.write_index(tmp, index)
             save_config(cfg, tmp / "config.yaml")
             tokenizer = (state.get("tokenizer") or {}).get("path")
             if tokenizer and Path(tokenizer).is_file():  # checksummed with the rest
@@ -329,218 +300,29 @@ def save_checkpoint(cfg: Config, models: list[torch.nn.Module], engine: Training
             # Fault injection for the kill-during-save test: a window in which everything
             # but the marker is on disk.
             time.sleep(float(os.environ.get("NEXTLAT_PT_TEST_SAVE_DELAY", "0")))
-            _finalize(tmp, final, step)
+            finalize(tmp, final, step)
             (retention or Retention(root, cfg.checkpoint.keep)).after_save(final)
 
     with signals_deferred(), _full_parameters(models, cfg.parallel.zero_stage, modify=False):
         request = dist_checkpointing.save(model_sharded_state_dict(models), str(tmp / "model"),
                                           async_sharded_save=async_saves is not None)
         if async_saves is not None:
-            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
-
-            async_saves.queue.schedule_async_request(request)
-            async_saves.queue.schedule_async_request(
-                AsyncRequest(_write_files, (files,), [finalize]))
+            # One background writer per rank for everything: the weights, then this rank's
+            # optimizer state and RNG; the marker once every rank's writer is done.
+            async_saves.queue.schedule_async_request(request._replace(
+                async_fn=functools.partial(_weights_then_files, request.async_fn, files),
+                finalize_fns=[*request.finalize_fns, finish]))
             return final
     _write_files(files)
     _barrier()
-    finalize()
+    finish()
     _barrier()
     return final
-
-
-def _finalize(tmp: Path, final: Path, step: int) -> None:
-    """Marker last (with checksums), then the rename, then `latest`: each step atomic."""
-    checksums = {str(p.relative_to(tmp)): _sha256(p)
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-    sizes = sum((tmp / rel).stat().st_size for rel in checksums)
-    marker = {"step": step, "bytes": sizes, "sha256": checksums}
-    marker_tmp = tmp / (MARKER + ".tmp")
-    marker_tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(marker_tmp, tmp / MARKER)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = final.parent / (LATEST + ".tmp")
-    latest_tmp.write_text(final.name + "\n")
-    os.replace(latest_tmp, final.parent / LATEST)
-
-
-class Verdicts:
-    """Whether each checkpoint passed its checksums, remembered for this process.
-
-    Hashing a 1B-class checkpoint reads tens of GB, so each directory is hashed at most once
-    per run: the verdict is kept under the marker's identity (inode, size, mtime), which
-    changes when a step is rewritten. Checkpoints this run wrote are good by construction
-    (their checksums were just computed from the files on disk)."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple[int, int, int], str]] = {}
-
-    @staticmethod
-    def _identity(ckpt: Path) -> tuple[int, int, int] | None:
-        try:
-            st = (ckpt / MARKER).stat()
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def record(self, ckpt: Path, problem: str) -> None:
-        """Remember the verdict for `ckpt` ("" = good, else what is wrong)."""
-        identity = self._identity(ckpt)
-        if identity is not None:
-            self._known[str(ckpt.resolve())] = (identity, problem)
-
-    def problem(self, ckpt: Path) -> str:
-        """"" if `ckpt` is a complete checkpoint that passes its checksums, else the reason
-        (hashing it only if this process has no verdict for it yet)."""
-        if ckpt.name.endswith(".tmp"):
-            return f"skipping {ckpt}: an interrupted save (no rename)"
-        if not is_complete(ckpt):
-            return f"skipping {ckpt}: no {MARKER} marker (the save did not finish)"
-        known = self._known.get(str(ckpt.resolve()))
-        if known is not None and known[0] == self._identity(ckpt):
-            return known[1]
-        try:
-            verify_checksums(ckpt)
-            problem = ""
-        except CheckpointError as err:
-            problem = f"skipping {err}"
-        self.record(ckpt, problem)
-        return problem
-
-
-def step_of(ckpt: Path) -> int | None:
-    """The step a `step_N` (or `step_N.tmp`) directory name holds, None for other names."""
-    digits = ckpt.name.removeprefix("step_").removesuffix(".tmp")
-    return int(digits) if ckpt.name.startswith("step_") and digits.isdigit() else None
-
-
-class Retention:
-    """Which checkpoints pruning may delete (`checkpoint.keep`), decided on rank 0.
-
-    - Only checkpoints that pass verification (marker and checksums) count toward `keep`:
-      corrupt ones never push a good one out.
-    - Never deleted: the checkpoint just written, anything with a higher step, the one
-      `latest` names, and `protected` (what was on disk, newer than the step this run started
-      from, when it started: a run that skipped broken checkpoints leaves them for a human).
-    - Checksums are verified only for checkpoints pruning is about to rely on (newest first,
-      until `keep` good ones are found), and at most once per run (`Verdicts`).
-    """
-
-    def __init__(self, root: Path, keep: int, verdicts: Verdicts | None = None) -> None:
-        self.root = root
-        self.keep = keep
-        self.verdicts = verdicts or Verdicts()
-        self.protected: set[str] = set()
-
-    def protect_newer_than(self, step: int) -> None:
-        """Protect every checkpoint on disk now whose step is above `step` (not interrupted
-        saves: a `.tmp` directory can never be used)."""
-        self.protected |= {p.name for p in list_checkpoints(self.root)
-                           if (step_of(p) or 0) > step and not p.name.endswith(".tmp")}
-
-    def after_save(self, written: Path) -> list[Path]:
-        """Record `written` as good (this run wrote it) and prune; returns what was deleted."""
-        self.verdicts.record(written, "")
-        self.protected.discard(written.name)
-        return self.prune(written)
-
-    def prune(self, newest: Path | None = None) -> list[Path]:
-        """Delete checkpoints beyond the newest `keep` good ones (see the class doc)."""
-        if self.keep <= 0:
-            return []
-        ceiling = step_of(newest) if newest is not None else None
-        latest = read_latest(self.root)
-        spared = set(self.protected) | {latest} | ({newest.name} if newest else set())
-        good = 0
-        deleted = []
-        for ckpt in reversed(list_checkpoints(self.root)):  # newest step first
-            step = step_of(ckpt)
-            if step is None or (ceiling is not None and step > ceiling):
-                continue
-            if good < self.keep:
-                # Still filling `keep`: only a verified checkpoint counts; others are left.
-                if not ckpt.name.endswith(".tmp") and not self.verdicts.problem(ckpt):
-                    good += 1
-                continue
-            if ckpt.name in spared:
-                continue
-            shutil.rmtree(ckpt, ignore_errors=True)  # older than `keep` good checkpoints
-            deleted.append(ckpt)
-        return deleted
-
-
-def prune(root: Path, keep: int) -> list[Path]:
-    """Keep the newest `keep` verified checkpoints under `root` (0 keeps all); see
-    `Retention` for what is never deleted. Returns the deleted directories."""
-    return Retention(root, keep).prune()
 
 
 # ---------------------------------------------------------------------------------------------
 # find and load
 # ---------------------------------------------------------------------------------------------
-
-
-def is_complete(ckpt: Path) -> bool:
-    """A checkpoint counts only with its marker (checksums are verified on load)."""
-    return (ckpt / MARKER).is_file() and not ckpt.name.endswith(".tmp")
-
-
-def verify_checksums(ckpt: Path) -> None:
-    """Raise CheckpointError naming the first file whose sha256 differs from the marker's."""
-    try:
-        record = json.loads((ckpt / MARKER).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {ckpt}: unreadable {MARKER} marker ({err})") from err
-    for rel, expected in record["sha256"].items():
-        path = ckpt / rel
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {ckpt}: {rel} is missing")
-        if _sha256(path) != expected:
-            raise CheckpointError(f"checkpoint {ckpt}: {rel} fails its checksum")
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Every step directory under `root` (complete or not), oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if p.is_dir())
-
-
-def read_latest(root: Path) -> str:
-    """The directory name `latest` holds ("" when there is none or it is unreadable)."""
-    try:
-        return (root / LATEST).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def find_latest_valid(root: Path, warn: Callable[[str], None],
-                      verdicts: Verdicts | None = None) -> Path | None:
-    """The newest checkpoint that is complete and passes its checksums; warns about each
-    newer one that is skipped, naming it, and about a `latest` that names anything else."""
-    verdicts = verdicts or Verdicts()
-    found = None
-    for ckpt in reversed(list_checkpoints(root)):
-        problem = verdicts.problem(ckpt)
-        if not problem:
-            found = ckpt
-            break
-        warn(problem)
-    latest = read_latest(root)
-    if (root / LATEST).exists() and (found is None or latest != found.name):
-        # A corrupt `latest` target was already named above; report only a garbage or
-        # dangling pointer, which nothing else would mention.
-        if not latest or step_of(root / latest) is None:
-            warn(f"{root / LATEST} holds {latest[:40]!r}, not a checkpoint name; ignoring it")
-        elif not (root / latest).is_dir():
-            warn(f"{root / LATEST} names {latest}, which does not exist; ignoring it")
-    return found
-
-
-def read_trainer_state(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / "trainer_state.json").read_text())
 
 
 @dataclass
@@ -555,12 +337,14 @@ class Restored:
 
 def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engine: TrainingEngine,
                     weights_only: bool = False) -> Restored:
-    """Restore `ckpt` into this run. Weights always (resharded to this layout); optimizer
-    and RNG only when the layout is the one they were written with."""
+    """Restore `ckpt` into this run. Weights always (resharded to this layout); the
+    optimizer state into any layout (format 2; format 1: only into its own layout); RNG only
+    into the layout it was written with. Collective."""
     state = read_trainer_state(ckpt)
     load_model_weights(models, ckpt, cfg.parallel.zero_stage)
     notes: list[str] = []
     same_layout = state.get("layout") == layout_of(cfg)
+    change = f"{_fmt_layout(state.get('layout'))} -> {_fmt_layout(layout_of(cfg))}"
     optimizer = rng = False
     if (state.get("layout") or {}).get("converted_from_hf"):
         notes.append("a checkpoint converted from Hugging Face: weights only; optimizer and "
@@ -568,15 +352,31 @@ def load_checkpoint(ckpt: Path, cfg: Config, models: list[torch.nn.Module], engi
     elif weights_only:
         notes.append("weights only (checkpoint.load_weights_only): optimizer, RNG and data "
                      "position start fresh")
+    elif format_version(state) >= 2:
+        optimizer_state.load(ckpt, models, engine, gathered=lambda: _full_parameters(
+            models, cfg.parallel.zero_stage, modify=False))
+        optimizer = True
+        if same_layout:
+            set_rng_state(_safe_load(ckpt / "rng" / f"rank_{_rank():05d}.pt"))
+            rng = True
+        else:
+            notes.append(
+                f"layout changed ({change}): weights, fp32 master weights, optimizer moments "
+                f"and step resharded, data position kept; the random streams (dropout) start "
+                f"fresh: they cannot map across a layout change")
     elif not same_layout:
         notes.append(
-            f"layout changed ({_fmt_layout(state.get('layout'))} -> "
-            f"{_fmt_layout(layout_of(cfg))}): weights resharded; the optimizer state "
-            f"(AdamW moments) and RNG streams start fresh; the data position carries over")
+            f"layout changed ({change}): weights resharded; the optimizer state (AdamW "
+            f"moments) and RNG streams start fresh (a format-1 checkpoint: its optimizer "
+            f"state is its layout's own); the data position carries over")
     else:
-        _load_optimizer(ckpt, engine)
+        _load_format1_optimizer(ckpt, engine)
         set_rng_state(_safe_load(ckpt / "rng" / f"rank_{_rank():05d}.pt"))
         optimizer = rng = True
+    if not optimizer:
+        # DeepSpeed's fp32 masters still hold the weights it started with: without this its
+        # first step would overwrite the loaded weights with them.
+        refresh_masters(engine)
     return Restored(trainer_state=state, optimizer=optimizer, rng=rng, notes=notes)
 
 
@@ -588,11 +388,12 @@ def _fmt_layout(layout: dict[str, int] | None) -> str:
             f"optimizer={layout.get('optimizer', 'deepspeed')}")
 
 
-def _load_optimizer(ckpt: Path, engine: TrainingEngine) -> None:
-    """DeepSpeed's ZeRO optimizer restores its partition from all DP ranks' files of this
-    (tp, pp) position (it may re-slice partitions across ranks)."""
+def _load_format1_optimizer(ckpt: Path, engine: TrainingEngine) -> None:
+    """A format-1 checkpoint on its own layout: DeepSpeed's ZeRO optimizer restores its
+    partition from all DP ranks' files of this (tp, pp) position."""
     tp, pp = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
-    files = [ckpt / _optim_file(tp, pp, dp) for dp in range(ps.get_data_parallel_world_size())]
+    files = [ckpt / _format1_optim_file(tp, pp, dp)
+             for dp in range(ps.get_data_parallel_world_size())]
     if isinstance(engine, LocalEngine):  # one DP rank: torch's own optimizer state
         engine.optimizer.load_state_dict(_safe_load(files[0]))
         return

@@ -10,17 +10,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from nextlat_pt.checkpointing.format import (
+    MARKER,
+    TRAINER_STATE,
+    format_version,
+    has_portable_optimizer,
+    is_complete,
+    list_checkpoints,
+    read_latest,
+)
+from nextlat_pt.checkpointing.retention import Verdicts, find_latest_valid
 from nextlat_pt.config import ConfigError, load_config
 
-if TYPE_CHECKING:
-    from nextlat_pt.train.checkpoint import Verdicts
-
-# The checkpoint helpers live in nextlat_pt.train.checkpoint, which loads megatron: imported
-# where used, after the arguments are parsed, so `--help` and usage errors answer at once.
+# nextlat_pt.checkpointing imports neither torch nor megatron: listing and inspecting
+# checkpoints answers in well under a second.
 
 
 def _human(size: float) -> str:
@@ -42,8 +49,6 @@ def _checkpoints_root(path: Path) -> Path:
 
 
 def _status(ckpt: Path, verify: bool, verdicts: Verdicts | None = None) -> str:
-    from nextlat_pt.train.checkpoint import MARKER, Verdicts, is_complete
-
     if ckpt.name.endswith(".tmp"):
         return "interrupted save"
     if not is_complete(ckpt):
@@ -67,9 +72,18 @@ def _layout(state: dict[str, Any]) -> str:
 
 def _state(ckpt: Path) -> dict[str, Any]:
     try:
-        return json.loads((ckpt / "trainer_state.json").read_text())
+        return json.loads((ckpt / TRAINER_STATE).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def _optimizer_kind(state: dict[str, Any]) -> str:
+    """What a resume on another layout gets of the optimizer state."""
+    if (state.get("layout") or {}).get("converted_from_hf"):
+        return "none (converted from Hugging Face: weights only)"
+    if has_portable_optimizer(state):
+        return "layout-independent (any layout resumes with masters and moments)"
+    return "tied to its layout (another layout starts the moments fresh)"
 
 
 def list_main(argv: list[str]) -> int:
@@ -82,8 +96,6 @@ def list_main(argv: list[str]) -> int:
                         help="check every file's sha256 against the COMPLETE marker; exit 1 "
                              "if any checkpoint fails")
     args = parser.parse_args(argv)
-    from nextlat_pt.train.checkpoint import Verdicts, is_complete, list_checkpoints, read_latest
-
     root = _checkpoints_root(args.dir)
     if is_complete(root) or root.name.startswith("step_"):
         ckpts = [root]
@@ -119,8 +131,6 @@ def list_main(argv: list[str]) -> int:
 def _resume_line(root: Path, ckpts: list[Path], verified: bool, verdicts: Verdicts,
                  latest: str) -> str:
     """Which checkpoint a relaunch of the run would start from, as `train` decides."""
-    from nextlat_pt.train.checkpoint import find_latest_valid, is_complete
-
     if not verified:
         newest = next((c for c in reversed(ckpts) if is_complete(c)), None)
         if newest is None:
@@ -153,8 +163,6 @@ def inspect_main(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="a config (YAML or name) to compare with")
     parser.add_argument("overrides", nargs="*", help="section.key=value for that config")
     args = parser.parse_args(argv)
-    from nextlat_pt.train.checkpoint import is_complete
-
     ckpt: Path = args.ckpt
     if not (ckpt / "trainer_state.json").is_file() and not is_complete(ckpt):
         print(f"nextlat-pt: error: {ckpt} is not a checkpoint step directory "
@@ -167,6 +175,7 @@ def inspect_main(argv: list[str]) -> int:
     print(f"consumed        {state.get('consumed_samples')} samples, "
           f"{state.get('tokens_seen')} tokens")
     print(f"layout          {_layout(state)} (world {state.get('layout', {}).get('world_size')})")
+    print(f"format          {format_version(state)}; optimizer state {_optimizer_kind(state)}")
     tok = state.get("tokenizer", {})
     print(f"tokenizer       {tok.get('path')} (vocab {tok.get('vocab_size')}, "
           f"fingerprint {str(tok.get('fingerprint'))[:16]}…)")

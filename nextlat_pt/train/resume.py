@@ -16,18 +16,17 @@ from typing import Any
 
 import torch.distributed as dist
 
-from nextlat_pt.config import Config, ConfigError, load_config, weight_shape
-from nextlat_pt.parallel.engine import TrainingEngine
-from nextlat_pt.train.checkpoint import (
-    CheckpointError,
-    Restored,
-    Verdicts,
-    find_latest_valid,
+from nextlat_pt.checkpointing.errors import CheckpointError
+from nextlat_pt.checkpointing.format import (
     is_complete,
     list_checkpoints,
-    load_checkpoint,
+    read_trainer_state,
     verify_checksums,
 )
+from nextlat_pt.checkpointing.retention import Verdicts, find_latest_valid
+from nextlat_pt.config import Config, ConfigError, load_config, weight_shape
+from nextlat_pt.parallel.engine import TrainingEngine
+from nextlat_pt.train.checkpoint import Restored, load_checkpoint
 
 
 def _broadcast_str(value: str | None) -> str | None:
@@ -101,8 +100,6 @@ def _resolve_load(path: Path, warn: Callable[[str], None]) -> Path:
 def restore(cfg: Config, ckpt: Path, resume: bool, models: list, engine: TrainingEngine,
             tokenizer_fingerprint: str) -> Restored:
     """Load `ckpt` into the run after checking it was trained on the same vocabulary."""
-    from nextlat_pt.train.checkpoint import read_trainer_state
-
     saved = read_trainer_state(ckpt).get("tokenizer", {}).get("fingerprint")
     if saved and saved != tokenizer_fingerprint:
         raise CheckpointError(

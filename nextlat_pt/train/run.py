@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from nextlat_pt.checkpointing.format import CHECKPOINT_TOKENIZER
+from nextlat_pt.checkpointing.retention import Retention
 from nextlat_pt.config import Config, check_paths, save_config, validate
 from nextlat_pt.data.loader import make_train_loader
 from nextlat_pt.data.tokenizer import Tokenizer
@@ -25,7 +27,6 @@ from nextlat_pt.parallel import distributed
 from nextlat_pt.parallel.embedding_group import replica_max_abs_diff
 from nextlat_pt.train.build import build_training
 from nextlat_pt.train.callbacks import Callback, ConsoleProgress, JsonlMetrics, WandbMetrics
-from nextlat_pt.train.checkpoint import CHECKPOINT_TOKENIZER, Retention
 from nextlat_pt.train.checkpointer import Checkpointer, RunRecord, from_logging_rank
 from nextlat_pt.train.data_plan import (
     DataPlan,

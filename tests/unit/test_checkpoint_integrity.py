@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nextlat_pt.checkpointing.errors import CheckpointError
+from nextlat_pt.checkpointing.format import finalize, verify_checksums
+from nextlat_pt.checkpointing.retention import Retention, find_latest_valid, prune
 from nextlat_pt.config import Config
 from nextlat_pt.train import ckpt_tool
-from nextlat_pt.train.checkpoint import (
-    CheckpointError,
-    Retention,
-    _finalize,
-    find_latest_valid,
-    prune,
-    verify_checksums,
-)
 
 
 def _make(root: Path, step: int, complete: bool = True) -> Path:
@@ -34,7 +29,7 @@ def _make(root: Path, step: int, complete: bool = True) -> Path:
     (tmp / "config.yaml").write_text(yaml.safe_dump(Config().to_dict()))
     if not complete:
         return tmp
-    _finalize(tmp, root / f"step_{step:07d}", step)
+    finalize(tmp, root / f"step_{step:07d}", step)
     return root / f"step_{step:07d}"
 
 
@@ -153,7 +148,7 @@ def test_pruning_never_deletes_what_latest_names(tmp_path):
 
 
 def test_each_checkpoint_is_hashed_at_most_once_per_run(tmp_path, monkeypatch):
-    from nextlat_pt.train import checkpoint
+    from nextlat_pt.checkpointing import retention as checkpoint
 
     hashed: list[str] = []
     real = checkpoint.verify_checksums
@@ -198,6 +193,23 @@ def test_ckpt_list_and_inspect(tmp_path, capsys):
 
     assert ckpt_tool.main(["inspect", str(tmp_path)]) == 2
     assert "not a checkpoint step directory" in capsys.readouterr().err
+
+
+def test_ckpt_inspect_says_whether_the_optimizer_state_moves_to_another_layout(
+        tmp_path, capsys):
+    """A checkpoint from before format 2 (no format_version) keeps its layout's optimizer
+    state; a format-2 one says any layout resumes with it."""
+    old = _make(tmp_path / "old", 2)
+    assert ckpt_tool.main(["inspect", str(old)]) == 0
+    assert "format          1; optimizer state tied to its layout" in capsys.readouterr().out
+    new = tmp_path / "new" / "step_0000002.tmp"
+    (new / "model").mkdir(parents=True)
+    state = {"step": 2, "format_version": 2, "optimizer_state": "layout-independent",
+             "layout": {"tp": 2, "pp": 1, "dp": 1, "zero_stage": 1}}
+    (new / "trainer_state.json").write_text(json.dumps(state))
+    finalize(new, new.with_name("step_0000002"), 2)
+    assert ckpt_tool.main(["inspect", str(new.with_name("step_0000002"))]) == 0
+    assert "format          2; optimizer state layout-independent" in capsys.readouterr().out
 
 
 def test_ckpt_list_verify_fails_on_a_corrupt_checkpoint_and_says_what_a_resume_uses(
@@ -245,7 +257,7 @@ class _Evil:
 def test_checkpoint_metadata_pickle_may_name_only_storage_classes(tmp_path):
     import pickle
 
-    from nextlat_pt.train.checkpoint import check_metadata_is_plain
+    from nextlat_pt.checkpointing.dcp_metadata import check_metadata_is_plain
 
     evil = tmp_path / ".metadata"
     evil.write_bytes(pickle.dumps({"x": _Evil()}))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from nextlat_pt.checkpointing.errors import CheckpointError
 from nextlat_pt.config import load_config
 from nextlat_pt.convert.cli import convert_main
 from nextlat_pt.model.gpt import NextLatGPT
 from nextlat_pt.train.build import model_spec
-from nextlat_pt.train.checkpoint import CheckpointError, load_model_weights
+from nextlat_pt.train.checkpoint import load_model_weights
 from nextlat_pt.train.resume import check_same_model
 
 
