@@ -58,32 +58,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from nextlat_pt.flops import peak_tflops  # the device peaks (PEAK_BF16_TFLOPS)
 
 BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BENCH))  # benchlib, nextlat_overhead, memory_peak
 
-from benchlib import machine_info, median_time  # noqa: E402
+from benchlib import config_overrides, machine_info, median_time  # noqa: E402
 
 REPO = BENCH.parent
 DEFAULT_JSON = BENCH / "results" / "gpu_latest.json"
 SECTIONS = ["attention", "model_parity", "training", "memory", "nccl", "psi"]
-# configs/1b.yaml sections that describe the model and objective (the rest is the run's).
-MODEL_SECTIONS = ("model", "nextlat")
 GPT2_VOCAB = 50257
-
-
-def config_overrides(name: str = "1b") -> list[str]:
-    """configs/<name>.yaml's model and objective keys as `section.key=value` overrides."""
-    data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
-    out = []
-    for section in MODEL_SECTIONS:
-        for key, value in (data.get(section) or {}).items():
-            text = value if isinstance(value, str) else json.dumps(value)  # true, 1e-5
-            out.append(f"{section}.{key}={text}")
-    return out
 
 
 def model_overrides(args: argparse.Namespace, flash: bool) -> list[str]:
