@@ -1,7 +1,7 @@
 """The CPU proxy of the GPU step: non-matmul operator launches and the bytes they move.
 
-    python bench/step_launches.py [--layers 2] [--tokens 1024] [--json PATH]
-                                  [section.key=value ...]
+    python bench/step_launches.py [--layers 2] [--tokens 1024] [--modes false,true]
+                                  [--quick] [--top N] [--json PATH] [section.key=value ...]
 
 A GPU step at the 1.3B shape is bound by the memory-bound work between the matmuls
 (docs/results/step_launches.md). That work can be counted without a GPU: every operator the
@@ -9,9 +9,10 @@ step launches, and the bytes it reads and writes, are the same on a CPU, given t
 path. This bench runs one bf16 training step of configs/1b.yaml's shape (width 2048, 16 heads,
 SwiGLU 5504, vocabulary 50,257 padded to 50,304, ψ width 6528) at `--layers` depth with one
 sequence of `--tokens` tokens, through what the trainer builds for bf16 (`build_training`:
-DeepSpeed ZeRO-1, fused AdamW, megatron's schedule, `engine.step()`), under
+DeepSpeed ZeRO-1, fused AdamW, megatron's schedule, `engine.step()`), with the settings of the
+GPU path: `train.compile=true` (and, side by side, eager: `train.compile=false`), under
 torch.profiler(record_shapes=True, profile_memory=True), for NTP and NextLat d=1. It is a
-count, not a timing: a test pins it.
+count, not a timing: tests/unit/test_step_launches.py pins it.
 
 What counts
 -----------
@@ -148,8 +149,9 @@ class InductorKernelBytes:
     (`torch._inductor.config.force_disable_caches`), or no kernel would be defined here.
     """
 
-    def __init__(self) -> None:
-        self.bytes: dict[str, int] = {}
+    # One table per process: a graph compiled for one variant serves the next (dynamo's
+    # cache), and the profiler names its kernels by the process-wide graph id.
+    bytes: dict[str, int] = {}
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[InductorKernelBytes]:
@@ -352,33 +354,64 @@ def profile_step(horizon: int, overrides: list[str]) -> dict[str, Any]:
     TENSOR_LIST_BYTES["aten::_fused_adamw_"] = adamw_bytes(variant.optimizer) // max(
         adamw_calls, 1)
     counts = count_events(events, kernels.bytes)
-    counts["compile"] = False
+    counts["compile"] = variant.cfg.train.compile == "true"
     counts["loss"] = variant.losses[-1]
     del variant
     return counts
 
 
+QUICK_SHAPE = ["model.hidden_size=128", "model.num_heads=4", "model.ffn_hidden_size=256",
+               "nextlat.psi_width=256", "model.vocab_size=2048"]
+
+
 def measure(layers: int = 2, tokens: int = 1024, horizons: Sequence[int] = (0, 1),
-            overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The counts for NTP and NextLat d (the JSON `nextlat-pt bench` stores)."""
-    extra = [*overrides]
-    config = model_overrides(layers, tokens, extra)
-    out: dict[str, Any] = {"layers": layers, "tokens": tokens, "overrides": config,
-                           "variants": {}}
-    for d in horizons:
-        out["variants"]["NTP" if d == 0 else f"NextLat d={d}"] = profile_step(d, config)
+            overrides: Sequence[str] = (), modes: Sequence[str] = ("false", "true"),
+            quick: bool = False) -> dict[str, Any]:
+    """The counts for NTP and NextLat d, eager (`train.compile=false`) and compiled (`true`),
+    side by side (the JSON `nextlat-pt bench` stores). `quick`: a small width (seconds of
+    compilation, not minutes)."""
+    extra = [*(QUICK_SHAPE if quick else []), *overrides]
+    out: dict[str, Any] = {"layers": layers, "tokens": tokens, "overrides": extra, "runs": []}
+    for mode in modes:
+        config = model_overrides(layers, tokens, [*extra, f"train.compile={mode}"])
+        for d in horizons:
+            counts = profile_step(d, config)
+            out["runs"].append({"variant": "NTP" if d == 0 else f"NextLat d={d}", **counts})
+    out["ratios"] = compiled_over_eager(out["runs"])
     return out
 
 
+def compiled_over_eager(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant: compiled / eager launches and bytes, per layer and per step."""
+    ratios = []
+    for eager in (r for r in runs if not r["compile"]):
+        compiled = next((r for r in runs if r["compile"] and r["variant"] == eager["variant"]),
+                        None)
+        if compiled is None:
+            continue
+        row = {"variant": eager["variant"]}
+        for scope in ("layer", "step"):
+            for what in ("launches", "bytes"):
+                row[f"{scope}_{what}"] = compiled[scope][what] / max(eager[scope][what], 1)
+                row[f"{scope}_{what}_eager"] = eager[scope][what]
+                row[f"{scope}_{what}_compiled"] = compiled[scope][what]
+        ratios.append(row)
+    return ratios
+
+
 def print_table(result: dict[str, Any]) -> None:
-    print(f"one bf16 step, configs/1b.yaml width, {result['layers']} layers, "
-          f"1 x {result['tokens']} tokens, DeepSpeed ZeRO-1")
+    print(f"one bf16 step, {result['layers']} layers, 1 x {result['tokens']} tokens, "
+          f"DeepSpeed ZeRO-1; overrides {' '.join(result['overrides']) or '(configs/1b.yaml)'}")
     print(f"{'variant':<12} {'compile':>7} {'layer launches':>14} {'layer MiB':>10} "
           f"{'step launches':>13} {'step GiB':>9} {'matmuls':>7}")
-    for name, c in result["variants"].items():
-        print(f"{name:<12} {str(c['compile']):>7} {c['layer']['launches']:>14} "
+    for c in result["runs"]:
+        print(f"{c['variant']:<12} {str(c['compile']):>7} {c['layer']['launches']:>14} "
               f"{c['layer']['bytes'] / MIB:>10.1f} {c['step']['launches']:>13} "
               f"{c['step']['bytes'] / GIB:>9.2f} {c['matmuls']:>7}")
+    for r in result["ratios"]:
+        print(f"{r['variant']}: compiled / eager: per layer launches {r['layer_launches']:.3f}, "
+              f"bytes {r['layer_bytes']:.3f}; whole step launches {r['step_launches']:.3f}, "
+              f"bytes {r['step_bytes']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,15 +419,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--modes", default="false,true",
+                        help="train.compile settings to count, comma-separated "
+                             "(default: false,true, side by side)")
+    parser.add_argument("--quick", action="store_true", help="a small width (seconds)")
     parser.add_argument("--top", type=int, default=0, help="also list the N largest ops")
     parser.add_argument("--json", type=Path, help="write the counts as JSON")
     args = parser.parse_args(argv)
-    result = measure(args.layers, args.tokens, overrides=args.overrides)
+    result = measure(args.layers, args.tokens, overrides=args.overrides,
+                     modes=args.modes.split(","), quick=args.quick)
     print_table(result)
     if args.top:
-        for name, c in result["variants"].items():
+        for c in result["runs"]:
             for scope in ("layer", "step"):
-                print(f"\n{name}, {scope}: launches, MiB")
+                print(f"\n{c['variant']} (compile {c['compile']}), {scope}: launches, MiB")
                 for op, v in list(c[scope]["by_op"].items())[:args.top]:
                     print(f"  {op:<55} {v['launches']:>5} {v['bytes'] / MIB:>10.1f}")
     if args.json:
