@@ -149,8 +149,8 @@ class InductorKernelBytes:
     (`torch._inductor.config.force_disable_caches`), or no kernel would be defined here.
     """
 
-    # One table per process: a graph compiled for one variant serves the next (dynamo's
-    # cache), and the profiler names its kernels by the process-wide graph id.
+    # One table per process: a graph compiled earlier in the process serves a later model
+    # (dynamo's cache), and the profiler names its kernels by the process-wide graph id.
     bytes: dict[str, int] = {}
 
     @contextlib.contextmanager
@@ -360,6 +360,30 @@ def profile_step(horizon: int, overrides: list[str]) -> dict[str, Any]:
     return counts
 
 
+CHILD_MARK = "STEP_LAUNCHES_RESULT "
+
+
+def profile_in_child(horizon: int, overrides: list[str]) -> dict[str, Any]:
+    """`profile_step` in a fresh interpreter: each run compiles its own graphs (no cache
+    shared between runs) and frees its model, engine and optimizer when it exits (at the
+    1.3B width one run holds ~8 GB; a process keeps some of DeepSpeed's references)."""
+    import os
+    import subprocess
+
+    code = (f"import json, sys\nsys.path.insert(0, {str(HERE)!r})\n"
+            "import step_launches as s\n"
+            "counts = s.profile_step(int(sys.argv[1]), json.loads(sys.argv[2]))\n"
+            f"print({CHILD_MARK!r} + json.dumps(counts))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(horizon), json.dumps(overrides)],
+                          capture_output=True, text=True, env=dict(os.environ))
+    for line in proc.stdout.splitlines():
+        if line.startswith(CHILD_MARK):
+            return json.loads(line[len(CHILD_MARK):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"step_launches child (d={horizon}) failed (exit {proc.returncode}): "
+                       f"{tail}")
+
+
 QUICK_SHAPE = ["model.hidden_size=128", "model.num_heads=4", "model.ffn_hidden_size=256",
                "nextlat.psi_width=256", "model.vocab_size=2048"]
 
@@ -375,7 +399,7 @@ def measure(layers: int = 2, tokens: int = 1024, horizons: Sequence[int] = (0, 1
     for mode in modes:
         config = model_overrides(layers, tokens, [*extra, f"train.compile={mode}"])
         for d in horizons:
-            counts = profile_step(d, config)
+            counts = profile_in_child(d, config)
             out["runs"].append({"variant": "NTP" if d == 0 else f"NextLat d={d}", **counts})
     out["ratios"] = compiled_over_eager(out["runs"])
     return out
