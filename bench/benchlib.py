@@ -127,3 +127,24 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1,
                 break
         samples.append(elapsed / calls)
     return statistics.median(samples)
+
+
+# configs/<name>.yaml sections that describe the model and objective (the rest is the run's).
+MODEL_SECTIONS = ("model", "nextlat")
+
+
+def config_overrides(name: str = "1b") -> list[str]:
+    """configs/<name>.yaml's model and objective keys as `section.key=value` overrides."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    out = []
+    for section in MODEL_SECTIONS:
+        for key, value in (data.get(section) or {}).items():
+            text = value if isinstance(value, str) else json.dumps(value)  # true, 1e-5
+            out.append(f"{section}.{key}={text}")
+    return out

@@ -144,10 +144,14 @@ class ReferenceStep:
     """
 
     def __init__(self, hf, variant: Variant, batches: list[MicroBatch],
-                 fused_adamw: bool = False) -> None:
+                 fused_adamw: bool = False, autocast: torch.dtype | None = None,
+                 compiled: bool = False) -> None:
         train = variant.cfg.train
         self.hf, self.train, self.batches = hf, train, batches
         self.device = batches[0].input_ids.device
+        # What a plain GPU user writes: fp32 weights, bf16 autocast, `torch.compile(model)`.
+        self.forward_model = torch.compile(hf) if compiled else hf
+        self.autocast = autocast
         self.optimizer = torch.optim.AdamW(param_groups(hf, train.weight_decay), lr=train.lr,
                                            betas=(train.beta1, train.beta2), eps=train.adam_eps,
                                            fused=True if fused_adamw else None)
@@ -167,7 +171,9 @@ class ReferenceStep:
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
         for batch in self.batches:
-            loss = reference_loss(self.hf, batch)
+            with torch.autocast(self.device.type, dtype=self.autocast,
+                                enabled=self.autocast is not None):
+                loss = reference_loss(self.forward_model, batch)
             (loss / len(self.batches)).backward()
             losses.append(loss.detach())
         if self.train.grad_clip > 0:  # as DeepSpeed: 0 turns clipping off
@@ -193,6 +199,23 @@ def reference_factory(holder: dict[str, ReferenceStep], fused_adamw: bool = Fals
         step = ReferenceStep(build_hf_model(ntp.model), ntp, batches, fused_adamw)
         holder["step"] = step
         return (REFERENCE_FUSED if fused_adamw else REFERENCE), step
+
+    return make
+
+
+def autocast_reference_factory(name: str, compiled: bool
+                                ) -> Callable[[list[Variant], list[MicroBatch]],
+                                              tuple[str, Callable[[], float]]]:
+    """An `extra` step: HF Llama of our NTP model's shape and initial weights in fp32 under
+    bf16 autocast, fused AdamW, eager or `torch.compile`d: the reference a GPU user writes
+    in a dozen lines (bench/gpu/check_gpu.py)."""
+
+    def make(variants: list[Variant], batches: list[MicroBatch]
+             ) -> tuple[str, Callable[[], float]]:
+        ntp = next(v for v in variants if v.horizon == 0)
+        hf = build_hf_model(ntp.model).float()
+        return name, ReferenceStep(hf, ntp, batches, fused_adamw=True,
+                                   autocast=torch.bfloat16, compiled=compiled)
 
     return make
 

@@ -258,9 +258,38 @@ def psi_rollout_rows(results: dict[str, Any]) -> list[Row]:
             for row in r.get("rows", [])]
 
 
+def step_launches_rows(results: dict[str, Any]) -> list[Row]:
+    """bench/step_launches.py: the CPU proxy's non-matmul launches and bytes, compiled over
+    eager, per decoder layer and per step."""
+    why = _failed(results, "step_launches")
+    if why:
+        return [_missing("step_launches", "non-matmul launches per layer: compiled / eager",
+                         why)]
+    r = results["step_launches"]
+    shape = f"{r['layers']} layers, 1 x {r['tokens']} tokens, bf16 DeepSpeed"
+    out = []
+    for row in r.get("ratios", []):
+        v = row["variant"]
+        out.append(Row("step_launches", f"non-matmul launches per layer, compiled / eager ({v})",
+                       row["layer_launches"], "<= 0.33 (issue 15)",
+                       f"{row['layer_launches_compiled']} vs {row['layer_launches_eager']}; "
+                       + shape))
+        out.append(Row("step_launches", f"non-matmul bytes per layer, compiled / eager ({v})",
+                       row["layer_bytes"], "<= 0.5 (issue 15)",
+                       f"{row['layer_bytes_compiled'] / 2**20:.1f} vs "
+                       f"{row['layer_bytes_eager'] / 2**20:.1f} MiB"))
+        out.append(Row("step_launches", f"non-matmul launches per step, compiled / eager ({v})",
+                       row["step_launches"], "< 1",
+                       f"{row['step_launches_compiled']} vs {row['step_launches_eager']}; "
+                       f"bytes {row['step_bytes_compiled'] / 2**30:.2f} vs "
+                       f"{row['step_bytes_eager'] / 2**30:.2f} GiB"))
+    return out
+
+
 ROW_BUILDERS = {"steps": step_rows, "matmul": matmul_rows, "memory": memory_rows,
                 "data": data_rows, "checkpoint": checkpoint_rows, "export": export_rows,
-                "kl_memory": kl_memory_rows, "psi_rollout": psi_rollout_rows}
+                "kl_memory": kl_memory_rows, "psi_rollout": psi_rollout_rows,
+                "step_launches": step_launches_rows}
 
 
 def build_rows(results: dict[str, Any], sections: list[str]) -> list[Row]:

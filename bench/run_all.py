@@ -25,7 +25,10 @@ Sections (each fails soft: its rows then say why, the others still run):
 - kl_memory (OPTIONAL_BENCHES: run when bench/kl_memory.py is present): the NextLat loss's
   peak memory, token-chunked KL over materialised logits;
 - psi_rollout (OPTIONAL_BENCHES, bench/psi_rollout.py): ψ's rollout forward + backward with
-  the fused first layer over the concatenating one, d = 1, 2, 4 (process CPU time).
+  the fused first layer over the concatenating one, d = 1, 2, 4 (process CPU time);
+- step_launches (OPTIONAL_BENCHES, bench/step_launches.py): the CPU proxy of the GPU step:
+  non-matmul operator launches and their bytes per decoder layer and per step, compiled
+  (`train.compile=true`, the GPU path) over eager, at the 1.3B width (a count, not a time).
 
 The positional `section.key=value` overrides change the model of the steps, matmul and
 memory sections (default: the tiny config, 4 layers, D=256, T=256, micro batch 8, vocab 4096).
@@ -80,6 +83,8 @@ OPTIONAL_BENCHES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "psi_rollout": ("psi_rollout",
                     dict(seq=128, batch=4, hidden=128, horizons=(1, 4), repeats=5),
                     dict(horizons=(1, 2, 4), repeats=15)),
+    "step_launches": ("step_launches", dict(layers=1, tokens=64, quick=True),
+                      dict(layers=2, tokens=1024)),
 }
 
 

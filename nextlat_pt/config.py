@@ -114,6 +114,9 @@ class TrainConfig:
     eval_batches: int = _key(8, "validation micro-batches (the first windows of the split)")
     recompute_activations: bool = _key(False, "recompute each layer's activations in the "
                                               "backward pass (memory for compute)")
+    compile: str = _key("auto", "torch.compile each decoder layer and the loss's fused "
+                                "pieces: auto (on for CUDA, off on CPU, where compiling does "
+                                "not pay) | true | false")
     exit_duration_mins: float = _key(0.0, "save and exit with code 75 after this wall time "
                                           "(a Slurm time limit); 0: off")
 
@@ -322,6 +325,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # `compile: true` in a YAML file
+            return str(value).lower()
         return "" if value is None else str(value)
     return value
 
@@ -424,6 +429,7 @@ _CHOICES = {
     "nextlat.objective": ("nextlat", "ntp"),
     "train.lr_schedule": ("cosine", "wsd", "constant"),
     "train.optimizer": ("adamw", "sgd"),
+    "train.compile": ("auto", "true", "false"),
     "parallel.zero_stage": (1, 2, 3),
     "precision.dtype": ("auto", "fp32", "bf16"),
     "logging.wandb": ("offline", "online", "disabled"),

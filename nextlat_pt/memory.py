@@ -21,10 +21,12 @@ w = 2 (bf16) or 4 (fp32) bytes per element):
   s·b·(8h + 4H/TP)·w (the concatenation's norm input and output and fc1's input, four
   H-wide hidden activations, ĥ and the KL's gradient to ĥ), and one step's worth of
   gradients in backward.
-- logits and loss on the last stage: the fp32 logits s·b·V/TP·4 (megatron's CE reuses them
-  for its softmax and gradient; bf16 logits add their own buffer); NextLat adds the KL's
-  working set, three fp32 buffers of kl_chunk_tokens × V/TP (`model/frozen_head_kl.py`:
-  bounded by the chunk, not by d).
+- logits and loss on the last stage: the logits s·b·V/TP·w, which the chunked CE
+  (`model/vocab_parallel.py`) overwrites with their gradient, plus its fp32 chunk buffers
+  (CE_CHUNK_BUFFERS × 1024 × V/TP); NextLat keeps the logits as the KL's teacher, so its
+  CE writes the gradient to a second s·b·V/TP·w buffer, and adds the KL's working set,
+  three fp32 buffers of kl_chunk_tokens × V/TP (`model/frozen_head_kl.py`: bounded by the
+  chunk, not by d).
 
 It ignores allocator fragmentation, communication buffers and the CUDA context (~0.5–1 GB on
 a GPU); compare it with the measured peak (benchmarks report the ratio).
@@ -37,9 +39,11 @@ from dataclasses import dataclass
 from nextlat_pt.flops import padded_vocab, parameter_counts
 from nextlat_pt.model.frozen_head_kl import DEFAULT_CHUNK_TOKENS
 from nextlat_pt.model.gpt import ModelSpec
+from nextlat_pt.model.vocab_parallel import DEFAULT_CE_CHUNK_TOKENS
 from nextlat_pt.parallel.local_engine import wants_local_engine
 
 KL_CHUNK_BUFFERS = 3  # fp32 [chunk, V/tp]: the student logits, log p and p
+CE_CHUNK_BUFFERS = 2  # fp32 [chunk, V/tp]: the chunk's logits (then softmax) and a temporary
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
         activations = full_layer * layers * in_flight
     activations += full_layer  # backward: the gradients of the layer being back-propagated
     vocab = padded_vocab(spec) / spec.tp
-    logits = tokens * vocab * (4 + (w if bf16 else 0))
+    logits = tokens * vocab * w * (2 if horizon > 0 else 1)
+    logits += CE_CHUNK_BUFFERS * min(DEFAULT_CE_CHUNK_TOKENS, tokens) * vocab * 4
     if horizon > 0:  # on the last stage: ψ's rollout and the KL's chunk buffers
         psi_step = tokens * (8 * spec.hidden_size + 4 * spec.psi_width / spec.tp) * w
         activations += psi_step * (horizon + 1)  # + the gradients of the step in backward

@@ -34,7 +34,8 @@ _MULTIPROCESS_FILES = {"test_hf_export.py", "test_resume.py", "test_slurm.py",
                        "test_tp2_run.py", "test_launch_errors.py",
                        "test_resume_on_another_layout.py"}
 _SLOW_UNIT_FILES = {"test_local_engine.py", "test_cpu_compat.py", "test_builtin_corpus.py",
-                    "test_generate_speculative.py", "test_generate_distribution.py"}
+                    "test_generate_speculative.py", "test_generate_distribution.py",
+                    "test_compile.py", "test_step_launches.py"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,7 +2,7 @@
 
     python bench/gpu/check_gpu.py [--layers 4] [--micro-batch 8] [--repeats 10] [--warmup 3]
                                   [--peak-tflops T] [--sections a,b] [--json PATH]
-    python bench/gpu/check_gpu.py --dry-run     # the same code on CPU, tiny sizes, seconds
+    python bench/gpu/check_gpu.py --dry-run     # the same code on CPU, tiny sizes, bf16
 
 The model is configs/1b.yaml (the paper's 1.3B shape: width 2048, 16 heads, SwiGLU 5504,
 seq 1024, vocab 50,257 padded to 50,304, untied, ψ width 6528) at reduced depth `--layers`
@@ -15,18 +15,27 @@ Sections
 --------
 1. attention: flash-attn vs PyTorch SDPA in our core-attention module on the same q, k, v
    (bf16, seq 1024, batch 4, GQA 16/4 heads): max |Δ| of the output and of dq, and the
-   fwd+bwd time of each (median of repeats).
+   fwd+bwd time of each (median of repeats); the kernel SDPA dispatched to (the profiler's
+   op and kernel names: cuDNN, flash, efficient or math) and the fwd+bwd time with each
+   SDPA backend forced (one that refuses the inputs says why).
 2. model_parity: the whole model (the chosen depth) built twice from the same seed, once with
    flash, once with SDPA attention: max |Δ| and max relative |Δ| of the bf16 logits on the same
    tokens, and the forward+backward time of each (median).
 3. training: the framework's real training step (bench/nextlat_overhead.py: `build_training`,
    megatron's schedule, `engine.step()`) for NTP, NextLat d=1 and d=2, interleaved round-robin:
    median step time, tokens/s, TFLOP/s, MFU, NextLat over NTP beside the FLOP prediction.
-4. memory: peak memory of NTP and NextLat d=1 (torch.cuda.max_memory_allocated over the
+4. reference: our NTP step interleaved (same process, round-robin) with HF
+   `LlamaForCausalLM` of the identical shape and initial weights, fp32 weights under bf16
+   autocast, fp32 CE, clipping, fused AdamW, eager and under `torch.compile(model)`
+   (bench/reference_step.py): ours / HF-eager and ours / HF-compiled.
+5. profile: our NTP step under torch.profiler, GPU time per step by kind of kernel (GEMM,
+   copy/cast, elementwise, reductions, attention, optimizer, communication; the kernel
+   names are classified by `KERNEL_KINDS`), so that every change shows where time went.
+6. memory: peak memory of NTP and NextLat d=1 (torch.cuda.max_memory_allocated over the
    baseline, each in a fresh process, bench/memory_peak.py) over nextlat_pt/memory.py's
    estimate.
-5. nccl: a world of one process with the NCCL backend, one all-reduce (sanity only).
-6. psi: ψ's rollout at the 1.3B width (D 2048, H 6528, seq 1024, bf16) for d = 1, 2, 4:
+7. nccl: a world of one process with the NCCL backend, one all-reduce (sanity only).
+8. psi: ψ's rollout at the 1.3B width (D 2048, H 6528, seq 1024, bf16) for d = 1, 2, 4:
    the fused first layer and the fused step under `torch.compile` over the concatenating
    module (bench/psi_rollout.py): whether compiling ψ pays on a GPU (on CPU it does not).
 
@@ -58,40 +67,44 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from nextlat_pt.flops import peak_tflops  # the device peaks (PEAK_BF16_TFLOPS)
 
 BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BENCH))  # benchlib, nextlat_overhead, memory_peak
 
-from benchlib import machine_info, median_time  # noqa: E402
+from benchlib import config_overrides, machine_info, median_time  # noqa: E402
 
 REPO = BENCH.parent
 DEFAULT_JSON = BENCH / "results" / "gpu_latest.json"
-SECTIONS = ["attention", "model_parity", "training", "memory", "nccl", "psi"]
-# configs/1b.yaml sections that describe the model and objective (the rest is the run's).
-MODEL_SECTIONS = ("model", "nextlat")
+SECTIONS = ["attention", "model_parity", "training", "reference", "profile", "memory", "nccl",
+            "psi"]
+HF_EAGER = "HF Llama, autocast, fused AdamW"
+HF_COMPILED = "HF Llama, autocast, fused AdamW, torch.compile"
+# Kernel (or, on a CPU dry run, operator) names -> the kinds of the per-step time table,
+# first match wins.
+KERNEL_KINDS = (
+    ("communication", ("nccl", "c10d::", "gloo", "all_reduce", "allreduce")),
+    ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm",
+              "aten::bmm", "aten::baddbmm", "matmul")),
+    ("copy/cast", ("copy", "memcpy", "memset", "cast", "convert", "aten::to", "aten::cat",
+                   "aten::clone", "aten::contiguous", "transpose", "permute")),
+    ("reduction", ("reduce", "norm", "sum", "mean", "max", "min", "logsumexp", "softmax")),
+)
 GPT2_VOCAB = 50257
-
-
-def config_overrides(name: str = "1b") -> list[str]:
-    """configs/<name>.yaml's model and objective keys as `section.key=value` overrides."""
-    data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
-    out = []
-    for section in MODEL_SECTIONS:
-        for key, value in (data.get(section) or {}).items():
-            text = value if isinstance(value, str) else json.dumps(value)  # true, 1e-5
-            out.append(f"{section}.{key}={text}")
-    return out
 
 
 def model_overrides(args: argparse.Namespace, flash: bool) -> list[str]:
     """The benchmark's model: 1b.yaml at `--layers`, bf16 (dry run: a tiny CPU model)."""
     if args.dry_run:
+        # bf16 as on the GPU: the dtype paths (bf16 weights, fp32 master weights, autocast)
+        # are what a CPU run of the GPU code can catch.
         return ["model.num_layers=2", "model.hidden_size=128", "model.num_heads=4",
                 "model.seq_len=64", "model.vocab_size=512", "nextlat.psi_width=256",
-                "train.micro_batch_size=2", "train.global_batch_size=2"]
+                "train.micro_batch_size=2", "train.global_batch_size=2",
+                "precision.dtype=bf16"]
     return [*config_overrides("1b"), f"model.num_layers={args.layers}",
             f"model.vocab_size={GPT2_VOCAB}", f"train.micro_batch_size={args.micro_batch}",
             f"train.global_batch_size={args.micro_batch}", "precision.dtype=bf16",
@@ -139,6 +152,8 @@ def attention_parity(device: torch.device, dtype: torch.dtype, flash: bool,
             module(q, k, v, None).backward(grad)
 
         results[f"{name}_fwd_bwd_ms"] = 1000 * median_time(step, repeats, warmup=2, sync=_sync)
+    results["sdpa_dispatched"] = sdpa_dispatch(q, k, v)
+    results["sdpa_backends_fwd_bwd_ms"] = sdpa_backend_times(q, k, v, grad, repeats)
     if flash:
         results["max_abs_diff_out"] = (outputs["flash"][0] - outputs["sdpa"][0]).abs().max().item()
         results["max_abs_diff_dq"] = (outputs["flash"][1] - outputs["sdpa"][1]).abs().max().item()
@@ -146,6 +161,58 @@ def attention_parity(device: torch.device, dtype: torch.dtype, flash: bool,
     else:
         results["note"] = "flash-attn not importable: SDPA timed alone"
     return results
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA on our [s, b, heads, dim] layout (GQA native), as our attention calls it."""
+    import torch.nn.functional as F
+
+    q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def sdpa_dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """The kernel SDPA picked for these inputs: the profiler's `aten::_scaled_dot_product_*`
+    (and, on CUDA, the kernel names of that call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.no_grad(), profile(activities=activities) as prof:
+        _sdpa(q, k, v)
+        _sync()
+    names = [e.name for e in prof.events()]
+    ops = sorted({n for n in names if n.startswith("aten::_scaled_dot_product")
+                  or n.startswith("aten::_flash") or n.startswith("aten::_efficient")
+                  or n.startswith("aten::_cudnn")})
+    kernels = sorted({n for n in names if any(w in n.lower() for w in (
+        "flash", "fmha", "cudnn", "attention", "sdpa")) and not n.startswith("aten::")})
+    return ", ".join(ops + kernels[:3]) or "math (no fused kernel)"
+
+
+def sdpa_backend_times(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       grad: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """Forward + backward ms with each SDPA backend forced (flash-attn's own package is timed
+    by the FlashAttention module above when importable); a backend that refuses these
+    inputs (or this device) records why."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out: dict[str, Any] = {}
+    grad4 = grad.reshape(q.shape).permute(1, 2, 0, 3)
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+
+        def step(backend=backend):
+            with sdpa_kernel(backend):
+                _sdpa(q, k, v).backward(grad4)
+
+        try:
+            out[backend.name.lower()] = 1000 * median_time(step, repeats, warmup=1, sync=_sync)
+        except RuntimeError as err:
+            out[backend.name.lower()] = f"not available: {str(err).splitlines()[0][:120]}"
+        q.grad = k.grad = v.grad = None
+    return out
 
 
 def model_parity(overrides: list[str], backends: tuple[str, str], repeats: int
@@ -217,6 +284,72 @@ def training(overrides: list[str], repeats: int, warmup: int, peak: float | None
     return result
 
 
+def reference(overrides: list[str], repeats: int, warmup: int) -> dict[str, Any]:
+    """Our NTP step interleaved with HF `LlamaForCausalLM` of the same shape and initial
+    weights (fp32 weights under bf16 autocast, fused AdamW), eager and under torch.compile:
+    ours / HF-eager and ours / HF-compiled (medians, and the medians of per-repeat ratios)."""
+    from benchlib import paired_ratio
+    from nextlat_overhead import json_ready
+    from nextlat_overhead import measure as measure_steps
+    from reference_step import autocast_reference_factory
+
+    result = json_ready(measure_steps(
+        overrides, horizons=(0,), repeats=repeats, warmup=warmup,
+        extra=[autocast_reference_factory(HF_EAGER, compiled=False),
+               autocast_reference_factory(HF_COMPILED, compiled=True)]))
+    ours = result["rows"][0]
+    out: dict[str, Any] = {"ours_median_s": ours["median_s"], "ratios": {}}
+    for name, times in result["extra_times"].items():
+        median = sorted(times)[len(times) // 2]
+        out["ratios"][name] = {"reference_median_s": median,
+                               "ours_over_reference": ours["median_s"] / median,
+                               "paired": paired_ratio(ours["times_s"], times)}
+    return out
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a GPU kernel (or CPU operator) for the per-step table (KERNEL_KINDS)."""
+    low = name.lower()
+    for kind, needles in KERNEL_KINDS:
+        if any(n in low for n in needles):
+            return kind
+    return "elementwise/other"
+
+
+def profile_kinds(overrides: list[str], steps: int = 2) -> dict[str, Any]:
+    """Our NTP step under torch.profiler: time per step by kind of kernel (GPU kernels on
+    CUDA; on a CPU dry run, the self time of the operators, named the same way)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from nextlat_overhead import build_variant, random_batch, train_step
+    from torch.profiler import ProfilerActivity, profile
+
+    from nextlat_pt.parallel import distributed
+
+    device = distributed.device()
+    variant = build_variant("NTP", 0, overrides, device, plain=False)
+    batches = random_batch(variant.cfg, 1234, device)
+    forward_backward = get_forward_backward_func()
+    for _ in range(2):  # warm-up: allocator, compilation
+        train_step(variant, batches, forward_backward, device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step(variant, batches, forward_backward, device)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us <= 0 or (not cuda and not event.key.startswith("aten::")):
+            continue
+        kind = kernel_kind(event.key)
+        totals[kind] = totals.get(kind, 0.0) + us / 1000 / steps
+    total = sum(totals.values())
+    rows = [{"kind": k, "ms_per_step": v, "share": v / total if total else 0.0}
+            for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+    return {"device_time": "gpu kernels" if cuda else "cpu operator self time",
+            "ms_per_step_total": total, "rows": rows, "steps": steps}
+
+
 def memory(overrides: list[str]) -> dict[str, Any]:
     """Peak memory of NTP and NextLat d=1 over the estimate, each in a fresh process."""
     import memory_peak
@@ -237,7 +370,7 @@ def psi_rollout(overrides: list[str], micro_batch: int, repeats: int, warmup: in
         seq=cfg.model.seq_len, batch=micro_batch, hidden=cfg.model.hidden_size,
         width=cfg.psi_width, horizons=(1, 2) if dry_run else (1, 2, 4), repeats=repeats,
         warmup=max(warmup, 2), compile=True, device="cuda" if cuda else "cpu",
-        dtype=torch.bfloat16 if cuda else torch.float32)
+        dtype=torch.bfloat16)
 
 
 def nccl_check() -> dict[str, Any]:
@@ -280,7 +413,18 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{row['tokens_per_s']:>10,.0f} tokens/s {row['tflops_per_s']:7.1f} "
                      f"TFLOP/s  MFU {mfu}  /NTP paired {row['ratio_paired']:.3f} "
                      f"(FLOPs {row['ratio_flops']:.3f})")
+    for name, r in report.get("reference", {}).get("ratios", {}).items():
+        lines.append(f"our NTP step / {name}: {r['ours_over_reference']:.3f} "
+                     f"(paired {r['paired']:.3f}; {r['reference_median_s'] * 1e3:.1f} ms)")
+    prof = report.get("profile", {})
+    for row in prof.get("rows", []):
+        lines.append(f"profile ({prof['device_time']}): {row['kind']:<18} "
+                     f"{row['ms_per_step']:8.1f} ms/step  {row['share']:6.1%}")
     att = report.get("attention", {})
+    if "sdpa_dispatched" in att:
+        lines.append(f"attention: SDPA dispatched to {att['sdpa_dispatched']}; fwd+bwd ms "
+                     + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} n/a"
+                                 for k, v in att["sdpa_backends_fwd_bwd_ms"].items()))
     if "max_abs_diff_out" in att:
         lines.append(f"attention flash vs sdpa: max|Δout| {att['max_abs_diff_out']:.2e}, "
                      f"max|Δdq| {att['max_abs_diff_dq']:.2e}, flash {att['flash_speedup']:.2f}×")
@@ -353,10 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     # (the same code path, another kernel pair).
     pair = ("flash", "sdpa") if flash else ("sdpa", "local")
     runs = {
-        "attention": lambda: attention_parity(device, torch.bfloat16 if cuda else torch.float32,
-                                              flash, args.repeats),
+        "attention": lambda: attention_parity(device, torch.bfloat16, flash, args.repeats),
         "model_parity": lambda: model_parity(overrides, pair, args.repeats),
         "training": lambda: training(overrides, args.repeats, args.warmup, peak),
+        "reference": lambda: reference(overrides, args.repeats, args.warmup),
+        "profile": lambda: profile_kinds(overrides),
         "memory": lambda: memory(overrides),
         "nccl": nccl_check,
         "psi": lambda: psi_rollout(overrides, args.micro_batch, args.repeats, args.warmup,

@@ -19,6 +19,12 @@ unchanged:
 
 Arithmetic is the same as the fallbacks': each output element is the same products summed in
 the same order, so results are bit-identical to megatron's unfused path (tests pin it).
+
+Under `torch.compile` (`train.compile`, nextlat_pt/train/compile.py) both take the plain
+differentiable form instead: the eager kernels write into halves of a preallocated output
+(`out=` on a strided view), which dynamo cannot trace, and inductor fuses the plain form
+(RoPE forward and backward into one pass each, SwiGLU with its neighbours) better than any
+hand-ordered eager sequence.
 """
 
 from __future__ import annotations
@@ -69,7 +75,11 @@ def apply_rotary(t: Tensor, freqs: Tensor, interleaved: bool = False) -> Tensor:
     if rot_dim != t.shape[-1]:
         raise NotImplementedError("partial RoPE (rotary_percent < 1) is not supported")
     half = freqs[..., : rot_dim // 2]
-    return _Rotary.apply(t, torch.cos(half).to(t.dtype), torch.sin(half).to(t.dtype))
+    cos, sin = torch.cos(half).to(t.dtype), torch.sin(half).to(t.dtype)
+    if torch.compiler.is_compiling():
+        t1, t2 = t.chunk(2, dim=-1)
+        return torch.cat((t1 * cos - t2 * sin, t2 * cos + t1 * sin), dim=-1)
+    return _Rotary.apply(t, cos, sin)
 
 
 def install_rope_kernel() -> None:
@@ -112,6 +122,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[..., 2F] -> [..., F]."""
+        if torch.compiler.is_compiling():
+            a, b = x.chunk(2, dim=-1)
+            return F.silu(a) * b
         return _SwiGLU.apply(x)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),

@@ -5,7 +5,9 @@ Backends (`model.attention_backend`):
 - local: megatron's own DotProductAttention (the reference the parity test compares against).
 - te: TransformerEngine's full layer spec; only when TE is installed.
 
-All but te take our SwiGLU in the MLP's activation slot (`kernels.py`).
+All but te take our SwiGLU in the MLP's activation slot (`kernels.py`) and megatron's
+column/row-parallel linears with a traceable matmul (`linear.py`: same parameters and
+checkpoints, a decoder layer that torch.compile takes whole).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from megatron.core.transformer.transformer_block import (
 
 from nextlat_pt.model.attention import FlashAttention, SDPAttention
 from nextlat_pt.model.kernels import SwiGLU
+from nextlat_pt.model.linear import TracedColumnParallelLinear, TracedRowParallelLinear
 from nextlat_pt.model.rmsnorm import RMSNorm
 
 
@@ -30,14 +33,14 @@ def _local_layer_spec(attention: str) -> ModuleSpec:
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     sub = spec.submodules
     attn = sub.self_attention
+    linears = dict(linear_qkv=TracedColumnParallelLinear, linear_proj=TracedRowParallelLinear)
     if attention in ("sdpa", "flash"):
-        core = SDPAttention if attention == "sdpa" else FlashAttention
-        attn = dataclasses.replace(
-            attn, submodules=dataclasses.replace(attn.submodules, core_attention=core)
-        )
+        linears["core_attention"] = SDPAttention if attention == "sdpa" else FlashAttention
+    attn = dataclasses.replace(attn, submodules=dataclasses.replace(attn.submodules, **linears))
     mlp = dataclasses.replace(
-        sub.mlp, submodules=dataclasses.replace(sub.mlp.submodules, activation_func=SwiGLU)
-    )
+        sub.mlp, submodules=dataclasses.replace(
+            sub.mlp.submodules, activation_func=SwiGLU, linear_fc1=TracedColumnParallelLinear,
+            linear_fc2=TracedRowParallelLinear))
     sub = dataclasses.replace(
         sub, input_layernorm=RMSNorm, pre_mlp_layernorm=RMSNorm, self_attention=attn, mlp=mlp
     )

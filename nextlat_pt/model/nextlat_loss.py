@@ -16,9 +16,9 @@ Reductions (the paper leaves some open; each is a field of NextLatLossConfig):
 - KL: sum over the vocabulary, mean over valid positions, prompt positions masked at t+i.
 - A pair (t, i) is valid only if x_t .. x_{t+i} lie in one document (packed sequences).
 
-Memory: the KL decodes ĥ through the frozen head in token chunks (`frozen_head_kl`), so no
-rollout step keeps a [T, B, V] tensor; the teacher is the CE logits themselves plus one
-log-normaliser per token.
+Memory: the CE and the KL walk the tokens in chunks (`vocab_parallel`, `frozen_head_kl`), so
+no fp32 [T, B, V] tensor exists and no rollout step keeps a V-wide one; the teacher is the
+CE logits themselves plus the CE's log-normaliser per token.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from nextlat_pt.model.frozen_head_kl import (
     teacher_log_normalizer,
 )
 from nextlat_pt.model.psi import rollout_step
-from nextlat_pt.model.vocab_parallel import vocab_parallel_ce
+from nextlat_pt.model.vocab_parallel import vocab_parallel_cross_entropy_mean
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,10 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def next_token_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> Tensor:
-    """CE over vocab-parallel logits [T, B, V/tp]: the plain next-token (NTP) objective."""
-    return masked_mean(vocab_parallel_ce(logits, labels), loss_mask)
+    """CE over vocab-parallel logits [T, B, V/tp]: the plain next-token (NTP) objective.
+
+    The gradient is written over the logits: read nothing from them afterwards."""
+    return vocab_parallel_cross_entropy_mean(logits, labels, loss_mask, in_place=True)[0]
 
 
 def same_document(doc_ids: Tensor | None, i: int, like: Tensor) -> Tensor:
@@ -116,7 +118,7 @@ def nextlat_loss(
     Args:
         hidden: h, [T, B, D], final post-norm hidden states (not detached).
         logits: [T, B, V/tp], the LM head applied to `hidden` (vocab-parallel under TP).
-            The KL's teacher; then overwritten in place by the CE kernel.
+            The CE's input and the KL's teacher; not modified.
         labels: [T, B], labels[t] = x_{t+1}.
         input_embeddings: E(x_t), [T, B, D], from the model's shared input embedding.
         head_weight: the local LM-head weight [V/tp, D] (frozen inside the KL).
@@ -127,9 +129,12 @@ def nextlat_loss(
     """
     loss_mask = loss_mask.float()
     d = cfg.horizon
-    # The teacher distributions p(·|sg h_{t+i}) = softmax(logits/τ), detached: the logits
-    # plus one log-normaliser per position. The CE (last) reuses the logits' memory.
-    teacher_lse = teacher_log_normalizer(logits, cfg.kl_temperature, cfg.kl_chunk_tokens)
+    # The CE first: its chunked pass leaves the logits intact and yields each position's
+    # log-normaliser. The teacher distributions p(·|sg h_{t+i}) = softmax(logits/τ),
+    # detached, are the logits plus that log-normaliser (at τ = 1; another pass otherwise).
+    ce, lse = vocab_parallel_cross_entropy_mean(logits, labels, loss_mask)
+    teacher_lse = lse if cfg.kl_temperature == 1.0 else teacher_log_normalizer(
+        logits, cfg.kl_temperature, cfg.kl_chunk_tokens)
 
     next_embeddings = input_embeddings.detach() if cfg.detach_next_embedding else input_embeddings
     psi_step = rollout_step(psi, next_embeddings, d)  # ψ(ĥ, E(x_{t+i})), see psi.py
@@ -156,7 +161,6 @@ def nextlat_loss(
                 mean_weights(in_document * loss_mask[i:]), cfg.kl_temperature,
                 cfg.kl_chunk_tokens)
 
-    ce = next_token_loss(logits, labels, loss_mask)  # after the KL: it overwrites the logits
     latent_loss = latent_loss / d
     kl_loss = kl_loss / d
     total = ce + cfg.lambda_latent * latent_loss + cfg.lambda_kl * kl_loss

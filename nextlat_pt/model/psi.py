@@ -67,7 +67,7 @@ class LatentDynamics(MegatronModule):
         super().__init__(config=config)
         d = config.hidden_size
         self.width = width
-        self.norm = RMSNorm(2 * d, eps=config.layernorm_epsilon)
+        self.norm = RMSNorm(2 * d, eps=config.layernorm_epsilon, dtype=config.params_dtype)
         common = dict(config=config, bias=False, init_method=config.init_method)
         self.fc1 = ColumnParallelLinear(2 * d, width, gather_output=False, **common)
         self.fc2 = RowParallelLinear(

@@ -19,10 +19,16 @@ class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x²) + eps) · g. Builds from a megatron ModuleSpec or directly."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-5,
-                 config: TransformerConfig | None = None) -> None:
+                 config: TransformerConfig | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size))
+        # In the model's parameter dtype, as megatron's own layers: an fp32 weight would
+        # promote a bf16 model's activations to fp32 (a cast pass, then fp32 inputs into the
+        # next bf16 linear) wherever the model is used outside DeepSpeed's bf16 engine.
+        if dtype is None:
+            dtype = config.params_dtype if config is not None else torch.float32
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype))
         sequence_parallel = bool(config is not None and config.sequence_parallel)
         self.weight.sequence_parallel = sequence_parallel
 

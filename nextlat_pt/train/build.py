@@ -13,6 +13,7 @@ from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func
 from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.parallel.grads import register_sequence_parallel_grad_hooks
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
+from nextlat_pt.train.compile import compile_layers, compile_wanted
 from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.train_module import NextLatTrainModule
 
@@ -60,6 +61,9 @@ def build_training(cfg: Config, vocab_size: int,
     spec = model_spec(cfg, vocab_size)
     chunks = [NextLatTrainModule(model, loss_config(cfg))
               for model in build_model_chunks(spec, device)]
+    if compile_wanted(cfg.train.compile, device):
+        for chunk in chunks:
+            compile_layers(chunk.model)
     if torch.distributed.get_backend() != "nccl":
         # gloo pairs point-to-point messages by posting order. megatron's batched
         # isend/irecv can then hand a backward gradient to a forward receive of the same

@@ -17,7 +17,7 @@ def test_quick_bench_runs_every_section(tmp_path):
               if isinstance(result, dict) and "error" in result}
     assert not failed, f"benchmark sections failed: {failed}"
     assert set(doc["sections"]) >= {"steps", "matmul", "memory", "data", "checkpoint", "export",
-                                     "kl_memory", "psi_rollout"}
+                                     "kl_memory", "psi_rollout", "step_launches"}
     measured = [row for row in doc["rows"] if row["ratio"] is not None]
     assert len(measured) == len(doc["rows"]) >= 15
     for row in doc["rows"]:

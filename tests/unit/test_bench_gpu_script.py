@@ -1,6 +1,6 @@
 """bench/gpu/check_gpu.py's CPU-checkable pieces: the 1.3B model it builds, the peak table
 behind MFU and the summary. (`python bench/gpu/check_gpu.py --dry-run` runs every section on
-CPU in about a minute; it is not part of the suite.)"""
+CPU in bf16; tests/integration/test_check_gpu_dry_run.py runs it.)"""
 
 from __future__ import annotations
 

@@ -110,6 +110,12 @@ def _results() -> dict:
         "psi_rollout": {"hidden": 256, "psi_width": 512, "seq": 256, "batch": 8, "rows": [
             {"horizon": 4, "fused_median_s": 0.26, "concatenating_median_s": 0.3,
              "ratio": 0.867, "ratio_paired": 0.87, "max_abs_diff": 1e-6}]},
+        "step_launches": {"layers": 2, "tokens": 1024, "ratios": [
+            {"variant": "NTP", "layer_launches": 0.125, "layer_launches_eager": 80,
+             "layer_launches_compiled": 10, "layer_bytes": 0.25, "layer_bytes_eager": 4 << 20,
+             "layer_bytes_compiled": 1 << 20, "step_launches": 0.5, "step_launches_eager": 400,
+             "step_launches_compiled": 200, "step_bytes": 0.9, "step_bytes_eager": 10 << 30,
+             "step_bytes_compiled": 9 << 30}]},
     }
 
 
@@ -137,6 +143,10 @@ def test_rows_carry_the_ratios_of_every_section():
     assert kl.ratio == 0.25
     psi = by_name["ψ rollout fwd+bwd, fused / concatenating (d=4)"]
     assert psi.ratio == 0.87 and "260.0 vs 300.0 ms CPU" in psi.details
+    launches = by_name["non-matmul launches per layer, compiled / eager (NTP)"]
+    assert launches.ratio == 0.125 and "10 vs 80" in launches.details
+    assert by_name["non-matmul bytes per layer, compiled / eager (NTP)"].ratio == 0.25
+    assert "10.00 GiB" in by_name["non-matmul launches per step, compiled / eager (NTP)"].details
 
 
 def test_failed_and_unselected_sections_give_rows_that_say_why():
@@ -177,6 +187,7 @@ def test_run_all_command_line(tmp_path, capsys):
     assert "unknown section(s) stepz" in capsys.readouterr().err
     assert "kl_memory" in run_all.optional_sections() or not (BENCH / "kl_memory.py").exists()
     assert "psi_rollout" in run_all.optional_sections()
+    assert "step_launches" in run_all.optional_sections()
 
 
 def test_nextlat_pt_bench_without_a_checkout_says_so(monkeypatch, tmp_path, capsys):
