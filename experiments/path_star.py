@@ -55,19 +55,20 @@ class Budget:
     eval_graphs: int
     seeds: int
     nodes: int = 100
-    sanity_family: tuple[int, int] = (2, 5)
-    sanity_nodes: int = 50
+    sanity_family: tuple[int, int] = (2, 4)
+    sanity_nodes: int = 20
+    sanity_graphs: int = 100_000  # many: a small family is memorised otherwise
     sanity_steps: int = 0  # 0: `steps`
 
 
 BUDGETS = {
     "smoke": Budget(layers=1, hidden=32, heads=2, batch=8, steps=2, lr=1e-3, num_graphs=64,
                     test_graphs=16, eval_graphs=16, seeds=1, sanity_family=(2, 3),
-                    sanity_nodes=20),
+                    sanity_graphs=64),
     "cpu": Budget(layers=3, hidden=128, heads=4, batch=32, steps=600, lr=1e-3,
                   num_graphs=20_000, test_graphs=1_000, eval_graphs=500, seeds=3,
                   sanity_steps=600),
-    "gpu": Budget(layers=12, hidden=384, heads=6, batch=256, steps=1_500, lr=5e-4,
+    "gpu": Budget(layers=12, hidden=384, heads=6, batch=256, steps=700, lr=5e-4,
                   num_graphs=200_000, test_graphs=20_000, eval_graphs=2_000, seeds=3),
 }
 FAMILIES = ((2, 10), (5, 5))
@@ -109,6 +110,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    metavar="D,L", help="graph families (default: 2,10 5,5)")
     p.add_argument("--sanity", action="store_true",
                    help="also run the reversed-path NTP check (first)")
+    p.add_argument("--only-sanity", action="store_true",
+                   help="run only the reversed-path NTP check (a later --sanity reuses it)")
     p.add_argument("--plan", action="store_true",
                    help="print each run's tokens and FLOPs and the GPU time estimate; train "
                         "nothing")
@@ -119,6 +122,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--notes", default=None, metavar="FILE",
                    help="a markdown file appended to OUT.md (the written analysis)")
     args = p.parse_args(argv)
+    args.sanity = args.sanity or args.only_sanity
     try:
         args.families = [tuple(int(x) for x in f.split(",")) for f in args.families]
         assert all(len(f) == 2 for f in args.families)
@@ -204,7 +208,7 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], dict]:
         family = cfg.sanity_family
         name = family_name(family) + "_reverse"
         task = work / f"task_{name}"
-        info = make_task(task, family, cfg.sanity_nodes, cfg.num_graphs, cfg.test_graphs,
+        info = make_task(task, family, cfg.sanity_nodes, cfg.sanity_graphs, cfg.test_graphs,
                          reverse=True)
         tasks[name] = info
         steps = cfg.sanity_steps or cfg.steps
@@ -213,7 +217,7 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], dict]:
         jobs.append(Job(family, "ntp_reverse", 0, task, work / "runs" / f"{name}_ntp_s0",
                         tuple(ov), steps, cfg.eval_graphs))
     seeded = []
-    for family in args.families:
+    for family in [] if args.only_sanity else args.families:
         name = family_name(family)
         task = work / f"task_{name}"
         info = make_task(task, family, cfg.nodes, cfg.num_graphs, cfg.test_graphs)
@@ -339,7 +343,8 @@ def _markdown(args: argparse.Namespace, summary: dict, tasks: dict, total_s: flo
             lines.append(f"| {fam} | {variant} | " + " ".join(
                 f"{100 * v:.0f}" for v in s["per_position_teacher_forced"]) + " |")
     steps_note = (f"; the reversed-path check {cfg.sanity_steps or cfg.steps} steps on "
-                  f"G{cfg.sanity_family} over {cfg.sanity_nodes} labels" if args.sanity else "")
+                  f"G{cfg.sanity_family} over {cfg.sanity_nodes} labels, {cfg.sanity_graphs} "
+                  "training graphs" if args.sanity else "")
     lines += [
         "", "## Set-up", "",
         f"- Budget `{args.budget}`: {cfg.layers} layers × {cfg.hidden}, {cfg.heads} heads; "
