@@ -59,15 +59,16 @@ class Budget:
     sanity_nodes: int = 20
     sanity_graphs: int = 100_000  # many: a small family is memorised otherwise
     sanity_steps: int = 0  # 0: `steps`
+    sanity_layers: int = 0  # 0: `layers`
 
 
 BUDGETS = {
     "smoke": Budget(layers=1, hidden=32, heads=2, batch=8, steps=2, lr=1e-3, num_graphs=64,
                     test_graphs=16, eval_graphs=16, seeds=1, sanity_family=(2, 3),
                     sanity_graphs=64),
-    "cpu": Budget(layers=3, hidden=128, heads=4, batch=32, steps=600, lr=1e-3,
-                  num_graphs=20_000, test_graphs=1_000, eval_graphs=500, seeds=3,
-                  sanity_steps=600),
+    "cpu": Budget(layers=2, hidden=128, heads=4, batch=32, steps=200, lr=2e-3,
+                  num_graphs=10_000, test_graphs=500, eval_graphs=300, seeds=3,
+                  sanity_steps=4000, sanity_layers=3),
     "gpu": Budget(layers=12, hidden=384, heads=6, batch=256, steps=700, lr=5e-4,
                   num_graphs=200_000, test_graphs=20_000, eval_graphs=2_000, seeds=3),
 }
@@ -190,7 +191,7 @@ def run_job(job: Job) -> dict:
                    stdout=subprocess.DEVNULL)
     metrics = json.loads(scores.read_text())
     record = {"family": list(job.family), "variant": job.variant, "seed": job.seed,
-              "overrides": list(job.overrides[-5:]), "wall_s": wall,
+              "overrides": list(job.overrides), "wall_s": wall,
               **run_records(job.run_dir), **metrics}
     result.write_text(json.dumps(record) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] G{tuple(job.family)} {job.variant} seed {job.seed}: "
@@ -212,8 +213,9 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], dict]:
                          reverse=True)
         tasks[name] = info
         steps = cfg.sanity_steps or cfg.steps
-        ov = base_overrides(cfg, task, info["seq_len"], steps) + variants(family, cfg.hidden)[
-            "ntp"]
+        ov = (base_overrides(cfg, task, info["seq_len"], steps)
+              + [f"model.num_layers={cfg.sanity_layers or cfg.layers}"]
+              + variants(family, cfg.hidden)["ntp"])
         jobs.append(Job(family, "ntp_reverse", 0, task, work / "runs" / f"{name}_ntp_s0",
                         tuple(ov), steps, cfg.eval_graphs))
     seeded = []
@@ -342,7 +344,8 @@ def _markdown(args: argparse.Namespace, summary: dict, tasks: dict, total_s: flo
         for variant, s in by_variant.items():
             lines.append(f"| {fam} | {variant} | " + " ".join(
                 f"{100 * v:.0f}" for v in s["per_position_teacher_forced"]) + " |")
-    steps_note = (f"; the reversed-path check {cfg.sanity_steps or cfg.steps} steps on "
+    steps_note = (f"; the reversed-path check {cfg.sanity_layers or cfg.layers} layers, "
+                  f"{cfg.sanity_steps or cfg.steps} steps on "
                   f"G{cfg.sanity_family} over {cfg.sanity_nodes} labels, {cfg.sanity_graphs} "
                   "training graphs" if args.sanity else "")
     lines += [
