@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study import REPO, machine, run_records, stats, thread_env, train_once  # noqa: E402
+
 MAIN_VARIANTS = {
     "ntp": ["nextlat.objective=ntp"],
     "nextlat_d1": ["nextlat.objective=nextlat", "nextlat.horizon=1"],
@@ -151,22 +150,10 @@ def _run_one(args: argparse.Namespace, task: Path, name: str, overrides: list[st
     """Train (unless done) and score one run; returns its record."""
     run_dir = Path(args.work) / "runs" / f"{name}_s{seed}"
     result_file = run_dir / "task_metrics.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    wall_file = run_dir / "wall_s.json"  # written when training finished
     if result_file.is_file() and not args.reeval:
         return json.loads(result_file.read_text())
-    if wall_file.is_file():  # trained already: (re)score it, keep its training wall time
-        wall = json.loads(wall_file.read_text())["wall_s"]
-    else:
-        cmd = [sys.executable, "-m", "nextlat_pt", "train", f"run.dir={run_dir}",
-               f"run.seed={1000 + seed}", *_base_overrides(args, task), *overrides]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        with open(run_dir / "train.log", "w") as log:
-            subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=log,
-                           stderr=subprocess.STDOUT)
-        wall = time.time() - t0
-        wall_file.write_text(json.dumps({"wall_s": wall}) + "\n")
+    # A finished training (wall_s.json) is only (re)scored, keeping its wall time.
+    wall = train_once(run_dir, [*_base_overrides(args, task), *overrides], seed)
     steps = int(next((o.split("=", 1)[1] for o in overrides
                       if o.startswith("train.max_steps=")), args.steps))
     ckpt = run_dir / "checkpoints" / f"step_{steps:07d}"
@@ -175,16 +162,11 @@ def _run_one(args: argparse.Namespace, task: Path, name: str, overrides: list[st
             "r=evaluate_checkpoint(sys.argv[1], sys.argv[2], num_walks=int(sys.argv[3])); "
             "print(json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code, str(ckpt), str(task),
-                           str(args.eval_walks)], check=True, cwd=REPO, env=env,
+                           str(args.eval_walks)], check=True, cwd=REPO, env=thread_env(),
                           capture_output=True, text=True)
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
-    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl") if line.strip()]
-    vals = [r for r in records if r.get("val_ce") is not None]
     record = {"variant": name, "seed": seed, "overrides": overrides, "wall_s": wall,
-              "val_ce": vals[-1]["val_ce"] if vals else None,
-              "curve": [(r["step"], r["val_ce"]) for r in vals],
-              "train_curve": [(r["step"], r["ce"]) for r in records if r.get("ce") is not None],
-              **metrics}
+              **run_records(run_dir), **metrics}
     result_file.write_text(json.dumps(record) + "\n")
     print(f"[{time.strftime('%H:%M:%S')}] {name} seed {seed}: {wall:.0f} s, "
           f"legal {metrics['next_token_legal']:.4f}, valid traj "
@@ -201,10 +183,7 @@ def _summary(records: list[dict]) -> dict[str, dict[str, dict]]:
         rs.sort(key=lambda r: r["seed"])
         out[name] = {}
         for key, _, _ in METRICS:
-            vals = [r[key] for r in rs if r.get(key) is not None]
-            out[name][key] = {"mean": statistics.fmean(vals) if vals else None,
-                              "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                              "values": vals}
+            out[name][key] = stats([r[key] for r in rs if r.get(key) is not None])
     return out
 
 
@@ -289,17 +268,9 @@ def _markdown(args: argparse.Namespace, summary: dict, variants: dict, task_info
         "counts when every sampled move (of the first 5, 10 or all 20) is legal. Probes: "
         "softmax regression on the frozen final hidden state of every position, 80/20 split "
         "by walk.",
-        f"- Machine: {platform.node()} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs shared with other jobs), Python {platform.python_version()}, "
-        f"torch {_torch_version()}; {args.parallel} runs at a time, 1 thread each.",
+        f"- Machine: {machine(args.parallel)}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def _plot(summary: dict, records: list[dict], path: Path) -> None:

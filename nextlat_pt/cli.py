@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
          "validation loss/perplexity of a checkpoint or HF folder; --diagnostics (effective "
          "rank, probes); --lm-eval for the harness; eval compare A B"),
         ("make-task", _cmd_make_task,
-         "generate a synthetic task and its shards: make-task manhattan --output DIR"),
+         "generate a synthetic task and its shards: make-task manhattan|pathstar "
+         "--output DIR ..."),
         ("generate", _cmd_generate,
          "text from a checkpoint or export: MODEL --prompt TEXT --max-new-tokens N "
          "[--draft-len K | --adaptive threshold|acceptance]"),
@@ -142,7 +143,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_task(args: argparse.Namespace) -> int:
-    from nextlat_pt.tasks.manhattan.cli import make_task_main
+    from nextlat_pt.tasks.cli import make_task_main
 
     return make_task_main(args.rest)
 

@@ -177,6 +177,10 @@ def _prepare_parser() -> argparse.ArgumentParser:
                         "document's text and --seed; default 0: none)")
     p.add_argument("--shard-samples", type=int, default=0,
                    help="samples per shard (default 0: shards of about 256 MB)")
+    p.add_argument("--prompt-field", default=None, metavar="NAME",
+                   help="JSONL field holding each record's prompt: the document is the prompt "
+                        "then the --text-field completion, and training computes the loss on "
+                        "the completion (and its EOS) only")
     return p
 
 
@@ -187,7 +191,8 @@ def _prepare(args: argparse.Namespace) -> int:
         args.input, args.tokenizer, args.seq_len, args.output,
         text_field=args.text_field, txt_split=args.txt_split, workers=args.workers,
         valid_fraction=args.valid_fraction, shard_samples=args.shard_samples, seed=args.seed,
-        progress=_progress_flag(args), log=lambda m: print(m, flush=True),
+        prompt_field=args.prompt_field, progress=_progress_flag(args),
+        log=lambda m: print(m, flush=True),
     )
     for split, info in summary.splits.items():
         print(f"{split}: {info['samples']:,} samples of {args.seq_len + 1} tokens from "

@@ -21,6 +21,7 @@ import numpy as np
 from nextlat_pt.data.errors import CorruptSampleError, DataError
 from nextlat_pt.data.shard_format import (
     SAMPLE_TABLE_DTYPE,
+    decode_masked_sample,
     decode_sample,
     doc_ids_from_starts,
     file_sha256,
@@ -99,6 +100,8 @@ class ShardedDataset:
         self.tokenizer_path = self.path / index["tokenizer"]["file"]
         self.num_documents: int = index["num_documents"]
         self.num_tokens: int = index["num_tokens"]
+        # Prepared with prompts: each sample has a loss mask (1 on completion tokens).
+        self.has_loss_mask: bool = bool(index.get("loss_mask", False))
         self.shards: list[dict] = index["shards"]
         counts = np.array([s["num_samples"] for s in self.shards], dtype=np.int64)
         self._first = np.concatenate([[0], np.cumsum(counts)])
@@ -210,6 +213,14 @@ class ShardedDataset:
         Raises `CorruptSampleError` (naming the shard file and the sample) if the shard is
         missing, truncated or damaged.
         """
+        tokens, starts, _ = self._read(i, decode_sample)
+        return tokens, starts
+
+    def read_masked(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, document starts, loss mask) of sample i of a dataset with a loss mask."""
+        return self._read(i, decode_masked_sample)
+
+    def _read(self, i: int, decode) -> tuple:
         k, row = self.locate(i)
         path = self.shard_path(k)
         with self._lock:
@@ -226,24 +237,31 @@ class ShardedDataset:
                 f"shard {path} is damaged: sample {i} (key {sample_key(i)}, bytes [{offset}, "
                 f"{offset + size})) fails its crc32 check; {self._fix}", str(path), i)
         try:
-            return decode_sample(data, self.dtype, self.seq_len)
+            return (*decode(data, self.dtype, self.seq_len), None)[:3]
         except ValueError as err:  # crc matched, so the writer itself was wrong
             raise CorruptSampleError(
                 f"shard {path}: sample {i} does not decode ({err}); {self._fix}", str(path), i
             ) from None
 
     def get(self, i: int) -> dict[str, np.ndarray]:
-        """Sample i: {"tokens", "doc_ids"}, int64 arrays of seq_len+1 (see packed.py)."""
-        tokens, starts = self.read(i)
+        """Sample i: {"tokens", "doc_ids"}, int64 arrays of seq_len+1 (see packed.py), and
+        "loss_mask" (uint8, 1 where the token is a training target) if the dataset has one."""
+        if self.has_loss_mask:
+            tokens, starts, mask = self.read_masked(i)
+            extra = {"loss_mask": mask.copy()}
+        else:
+            tokens, starts = self.read(i)
+            extra = {}
         return {
             "tokens": tokens.astype(np.int64),
             "doc_ids": doc_ids_from_starts(starts, self.seq_len + 1),
+            **extra,
         }
 
     def get_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
-        """Samples stacked: {"tokens", "doc_ids"}, int64 arrays [len(indices), seq_len+1]."""
-        samples = [self.get(int(i)) for i in indices]
-        return {key: np.stack([s[key] for s in samples]) for key in ("tokens", "doc_ids")}
+        """Samples stacked: {"tokens", "doc_ids"[, "loss_mask"]}, arrays [len(indices),
+        seq_len+1]."""
+        return stack_samples([self.get(int(i)) for i in indices])
 
     def close(self) -> None:
         """Close the open shard files."""
@@ -256,6 +274,16 @@ class ShardedDataset:
             self.close()
         except Exception:
             pass
+
+
+def stack_samples(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Samples stacked key by key; if some carry a loss mask, those without get all ones (a
+    blend of masked and plain datasets trains on every token of the plain ones)."""
+    out = {key: np.stack([s[key] for s in samples]) for key in ("tokens", "doc_ids")}
+    if any("loss_mask" in s for s in samples):
+        out["loss_mask"] = np.stack([s.get("loss_mask", np.ones(len(s["tokens"]), np.uint8))
+                                     for s in samples])
+    return out
 
 
 def open_dataset(path: str | Path, split: str = "train") -> ShardedDataset:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nextlat_pt.data.blend import BlendedDataset
-from nextlat_pt.data.dataset import ShardedDataset, open_dataset
+from nextlat_pt.data.dataset import ShardedDataset, open_dataset, stack_samples
 from nextlat_pt.data.errors import CorruptSampleError, DataError
 
 ON_ERROR = ("raise", "skip")
@@ -65,7 +65,8 @@ def _to_torch(batch: dict[str, np.ndarray], pin: bool) -> dict[str, torch.Tensor
 class TrainLoader:
     """Iterator of this rank's micro-batches, one list per global batch, read ahead.
 
-    Each micro-batch is {"tokens", "doc_ids"}: int64 tensors [micro_batch_size, seq_len+1].
+    Each micro-batch is {"tokens", "doc_ids"}: int64 tensors [micro_batch_size, seq_len+1],
+    and "loss_mask" (uint8, same shape) when a dataset was prepared with prompts.
     `consumed_samples` counts the global samples of the batches handed out so far (all ranks
     together), the number to save in a checkpoint. Close it (or use `with`) to stop the
     reader thread.
@@ -172,9 +173,7 @@ class TrainLoader:
         mbs = self.micro_batch_size
         micro = []
         for lo in range(0, len(rows), mbs):
-            group = rows[lo : lo + mbs]
-            stacked = {k: np.stack([s[k] for s in group]) for k in ("tokens", "doc_ids")}
-            micro.append(_to_torch(stacked, self._pin))
+            micro.append(_to_torch(stack_samples(rows[lo : lo + mbs]), self._pin))
         return micro, skipped, messages
 
     def _put(self, item: tuple) -> bool:

@@ -8,6 +8,9 @@ tail that does not fill a window is dropped.
 A `Pointer` names a stream position by (document, token offset inside it), so a later run can
 restart packing at any window without the documents before it: that is how an interrupted
 `prepare-data` skips the tokenization of what it already wrote.
+
+A packer made `with_mask` carries a per-token loss mask beside the tokens (documents given as
+(index, tokens, mask)); its windows have the mask of their seq_len+1 tokens.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ class Pointer:
 
 @dataclass
 class Window:
-    """One packed sample: its index in the split, tokens and document starts."""
+    """One packed sample: its index in the split, tokens, document starts, and the loss mask
+    of its tokens when the packer carries one."""
 
     index: int
     tokens: np.ndarray
     starts: np.ndarray
+    loss_mask: np.ndarray | None = None
 
 
 class Packer:
@@ -58,7 +63,8 @@ class Packer:
     `start.offset` tokens of `start.doc` are ignored), then `drain` the complete windows.
     """
 
-    def __init__(self, seq_len: int, start: Pointer = Pointer(), first_sample: int = 0) -> None:
+    def __init__(self, seq_len: int, start: Pointer = Pointer(), first_sample: int = 0,
+                 with_mask: bool = False) -> None:
         """An empty packer whose next window is sample `first_sample`, beginning at `start`."""
         if seq_len < 1:
             raise ValueError(f"seq_len={seq_len} must be positive")
@@ -66,6 +72,7 @@ class Packer:
         self.start = start
         self.next_sample = first_sample
         self._buf = np.empty(0, dtype=np.uint32)
+        self._mask = np.empty(0, dtype=np.uint8) if with_mask else None
         # One segment per document in the buffer: its doc index, where it begins in the
         # buffer, and the token offset inside the document at that point.
         self._seg_doc = np.empty(0, dtype=np.int64)
@@ -84,14 +91,22 @@ class Packer:
         """Length of the stream so far (all windows' tokens, the shared ones once, + buffer)."""
         return self.next_sample * self.seq_len + len(self._buf)
 
-    def add(self, docs: Sequence[tuple[int, np.ndarray]]) -> None:
-        """Append documents, given as (document index, tokens with their EOS), in order."""
+    def add(self, docs: Sequence[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]]
+            ) -> None:
+        """Append documents, given as (document index, tokens with their EOS[, loss mask of
+        those tokens]), in order. A packer made `with_mask` needs the mask."""
         arrays, seg_doc, seg_pos, seg_off = [self._buf], [], [], []
+        masks = [self._mask]
         pos = len(self._buf)
-        for doc, tokens in docs:
+        for doc, tokens, *mask in docs:
             offset = 0
             if doc < self.start.doc:
                 continue
+            if self._mask is not None:
+                if not mask or len(mask[0]) != len(tokens):
+                    raise ValueError(f"document {doc}: a masked packer needs one loss-mask "
+                                     "value per token")
+                masks.append(mask[0][self.start.offset:] if doc == self.start.doc else mask[0])
             if doc == self.start.doc:
                 offset = self.start.offset
                 tokens = tokens[offset:]
@@ -106,6 +121,8 @@ class Packer:
         if len(arrays) == 1:
             return
         self._buf = np.concatenate(arrays).astype(np.uint32, copy=False)
+        if self._mask is not None:
+            self._mask = np.concatenate(masks).astype(np.uint8, copy=False)
         self._seg_doc = np.concatenate([self._seg_doc, seg_doc])
         self._seg_pos = np.concatenate([self._seg_pos, seg_pos])
         self._seg_off = np.concatenate([self._seg_off, seg_off])
@@ -141,7 +158,8 @@ class Packer:
         for k in range(count):
             lo = k * s
             a, b = np.searchsorted(doc_starts, [lo, lo + s + 1])
-            window = Window(self.next_sample, self._buf[lo : lo + s + 1], doc_starts[a:b] - lo)
+            window = Window(self.next_sample, self._buf[lo : lo + s + 1], doc_starts[a:b] - lo,
+                            None if self._mask is None else self._mask[lo : lo + s + 1])
             pointers = None
             if want_pointers(window.index):
                 pointers = (self._pointer_at(lo), self._pointer_at(lo + s))
@@ -160,3 +178,5 @@ class Packer:
         self._seg_pos = self._seg_pos[first:] - cut
         self._seg_pos[0] = 0
         self._buf = self._buf[cut:].copy()
+        if self._mask is not None:
+            self._mask = self._mask[cut:].copy()

@@ -6,6 +6,11 @@ train or validation split by a hash of their text, and packed in document order.
 bytes therefore depend only on the inputs and the settings (the "plan"), never on the number of
 workers. See `split_writer` for the resume rules and `shard_format` for the shard layout.
 
+With `prompt_field` (JSONL records holding a prompt and a completion) every sample also stores
+a loss mask: 1 on the completion's tokens and its EOS, 0 on the prompt's, so training computes
+the loss on the completions only (`train/step.py`). A document's split is decided by its whole
+text, prompt included.
+
 Output directory:
     prepare.json            the plan (settings, input and tokenizer fingerprints), written first
     train/                  a dataset: index.json, shard-NNNNNN.tar + .idx.npy, tokenizer.model
@@ -26,7 +31,12 @@ import numpy as np
 
 from nextlat_pt.data.errors import DataError
 from nextlat_pt.data.shard_format import write_atomically
-from nextlat_pt.data.sources import DocumentReader, describe_sources, expand_inputs
+from nextlat_pt.data.sources import (
+    DocumentReader,
+    describe_sources,
+    document_text,
+    expand_inputs,
+)
 from nextlat_pt.data.split_writer import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -84,10 +94,10 @@ def in_validation(text: str, seed: int, fraction: float) -> bool:
 
 def _plan(
     sources: list[dict], tokenizer: Tokenizer, seq_len: int, shard_samples: int, text_field: str,
-    txt_split: str, valid_fraction: float, seed: int,
+    txt_split: str, valid_fraction: float, seed: int, prompt_field: str | None = None,
 ) -> dict:
     """Everything the output bytes depend on (input paths excluded: moving inputs is fine)."""
-    return {
+    plan = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "seq_len": seq_len,
@@ -100,6 +110,9 @@ def _plan(
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "inputs_sha256": [s["sha256"] for s in sources],
     }
+    if prompt_field is not None:  # absent otherwise: older outputs keep their fingerprint
+        plan["prompt_field"] = prompt_field
+    return plan
 
 
 def _fingerprint(plan: dict) -> str:
@@ -134,11 +147,12 @@ def _batches(
     """Batches of (doc index, split) tags and texts, for documents some split still needs."""
     first = min(w.start_doc for w in writers.values() if not w.done)
     tags: list[tuple[int, str]] = []
-    texts: list[str] = []
+    texts: list = []
     chars = 0
-    for g, text in enumerate(reader):
+    for g, doc in enumerate(reader):
         if g < first:
             continue
+        text = document_text(doc)
         split = "valid" if valid_fraction and in_validation(text, seed, valid_fraction) else "train"
         writer = writers[split]
         if writer.done or g < writer.start_doc:
@@ -146,7 +160,7 @@ def _batches(
                 break
             continue
         tags.append((g, split))
-        texts.append(text)
+        texts.append(doc)
         chars += len(text)
         if len(texts) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
             yield tags, texts
@@ -175,6 +189,7 @@ def prepare_data(
     valid_fraction: float = 0.0,
     shard_samples: int = 0,
     seed: int = 0,
+    prompt_field: str | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> PrepareSummary:
@@ -183,7 +198,8 @@ def prepare_data(
     `shard_samples=0` picks shards of about 256 MB. `workers` defaults to every CPU this
     process may use. `progress=None` shows the bar only on a terminal. Re-running with the same
     arguments finishes an interrupted run, writing only the missing shards, and checks (and
-    repairs) a finished one.
+    repairs) a finished one. `prompt_field`: JSONL records are (prompt, completion) pairs and
+    the samples carry a loss mask on the completions (see the module docstring).
     """
     t_start = time.perf_counter()
     if seq_len < 1:
@@ -199,7 +215,7 @@ def prepare_data(
     tok = resolve_tokenizer(tokenizer)
     dtype = np.dtype(token_dtype(tok.vocab_size))
     files = expand_inputs(inputs)
-    reader = DocumentReader(files, text_field, txt_split)  # checks the settings
+    reader = DocumentReader(files, text_field, txt_split, prompt_field)  # checks the settings
 
     t0 = time.perf_counter()
     sources = describe_sources(files)
@@ -208,7 +224,7 @@ def prepare_data(
         f"{time.perf_counter() - t0:.1f} s")
     shard_samples = shard_samples or default_shard_samples(seq_len, dtype)
     plan = _plan(sources, tok, seq_len, shard_samples, text_field, txt_split, valid_fraction,
-                 seed)
+                 seed, prompt_field)
     plan_fp = _fingerprint(plan)
     splits = ["train", "valid"] if valid_fraction > 0 else ["train"]
 
@@ -219,7 +235,8 @@ def prepare_data(
     write_atomically(output / PLAN_NAME, (json.dumps(plan_record, indent=1) + "\n").encode())
 
     writers = {
-        s: SplitWriter(output / s, seq_len, dtype, shard_samples, plan_fp, log) for s in splits
+        s: SplitWriter(output / s, seq_len, dtype, shard_samples, plan_fp, log,
+                       with_mask=prompt_field is not None) for s in splits
     }
     model_bytes = tok.model_path.read_bytes()
     for s in splits:  # each dataset directory carries its tokenizer
@@ -284,11 +301,16 @@ def _tokenize_and_pack(
     bar = _progress_bar(progress)
     t0 = time.perf_counter()
     try:
-        for tags, lengths, tokens in pool.map(_batches(reader, writers, valid_fraction, seed)):
+        batches = pool.map(_batches(reader, writers, valid_fraction, seed))
+        for tags, lengths, tokens, prompt_lengths in batches:
             ends = np.cumsum(lengths)
-            per_split: dict[str, list[tuple[int, np.ndarray]]] = {s: [] for s in writers}
-            for (g, split), end, n in zip(tags, ends.tolist(), lengths.tolist()):
-                per_split[split].append((g, tokens[end - n : end]))
+            per_split: dict[str, list[tuple]] = {s: [] for s in writers}
+            for (g, split), end, n, p in zip(tags, ends.tolist(), lengths.tolist(),
+                                              prompt_lengths.tolist()):
+                doc = (g, tokens[end - n : end])
+                if reader.prompt_field is not None:  # the completion and its EOS are targets
+                    doc += (np.arange(n) >= p,)
+                per_split[split].append(doc)
             for split, docs in per_split.items():
                 if docs:
                     writers[split].add(docs)

@@ -4,7 +4,10 @@ Sample i of a dataset is two tar members sharing the key `%09d`:
 - `{key}.tokens.npy`: the packed window, seq_len+1 tokens (little-endian uint16 when the
   vocabulary fits, else uint32), as a version-1.0 `.npy` file;
 - `{key}.doc_starts.npy`: int32 positions j in [0, seq_len] where a document starts inside the
-  window (0 when the window opens on a document's first token).
+  window (0 when the window opens on a document's first token);
+- `{key}.loss_mask.npy`, only in datasets prepared with prompts (`prepare-data --prompt-field`):
+  uint8, seq_len+1 values, 1 where the token is a training target (a completion token or its
+  EOS), 0 on prompt tokens.
 
 `webdataset.WebDataset(url).decode()` yields {"tokens.npy": array, "doc_starts.npy": array}.
 For exact resume and data-parallel slicing the loader does not stream: a per-shard table (the
@@ -32,7 +35,9 @@ TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tar pads the archive to whole records, as GNU tar does
 TOKENS_MEMBER = "tokens.npy"
 STARTS_MEMBER = "doc_starts.npy"
+MASK_MEMBER = "loss_mask.npy"
 STARTS_DTYPE = np.dtype("<i4")
+MASK_DTYPE = np.dtype("u1")
 # One row per sample of a shard: where its bytes are in the tar and their checksum.
 SAMPLE_TABLE_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("crc32", "<u4")])
 MAX_SHARD_BYTES = (1 << 32) - 1  # sample offsets are uint64, but keep shards sane (< 4 GiB)
@@ -89,28 +94,41 @@ def _member_size(header: memoryview) -> int:
     return int(field or b"0", 8)
 
 
-def encode_sample(index: int, tokens: np.ndarray, starts: np.ndarray) -> bytes:
-    """The tar bytes of one sample (both members, headers and padding included)."""
+def _npy_member(name: str, array: np.ndarray) -> bytes:
+    return _member(name, npy_header(array.dtype, len(array)) + array.tobytes())
+
+
+def encode_sample(index: int, tokens: np.ndarray, starts: np.ndarray,
+                  loss_mask: np.ndarray | None = None) -> bytes:
+    """The tar bytes of one sample (every member, headers and padding included)."""
     key = sample_key(index)
     tok = np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<"))
     st = np.ascontiguousarray(starts, dtype=STARTS_DTYPE)
-    return _member(
-        f"{key}.{TOKENS_MEMBER}", npy_header(tok.dtype, len(tok)) + tok.tobytes()
-    ) + _member(f"{key}.{STARTS_MEMBER}", npy_header(st.dtype, len(st)) + st.tobytes())
+    data = _npy_member(f"{key}.{TOKENS_MEMBER}", tok) + _npy_member(f"{key}.{STARTS_MEMBER}", st)
+    if loss_mask is not None:
+        mask = np.ascontiguousarray(loss_mask, dtype=MASK_DTYPE)
+        data += _npy_member(f"{key}.{MASK_MEMBER}", mask)
+    return data
+
+
+def _members(view: memoryview, count: int) -> list[memoryview]:
+    """The data of the first `count` tar members in `view`."""
+    out, at = [], 0
+    for _ in range(count):
+        size = _member_size(view[at : at + TAR_BLOCK])
+        data = view[at + TAR_BLOCK : at + TAR_BLOCK + size]
+        if len(data) != size:
+            raise ValueError("sample members run past the sample's bytes")
+        out.append(data)
+        at += TAR_BLOCK + size + (-size % TAR_BLOCK)
+    return out
 
 
 def decode_sample(
     buf: bytes, dtype: np.dtype, seq_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, doc_starts) from one sample's tar bytes; ValueError if they do not parse."""
-    view = memoryview(buf)
-    size1 = _member_size(view[:TAR_BLOCK])
-    data1 = view[TAR_BLOCK : TAR_BLOCK + size1]
-    at = TAR_BLOCK + size1 + (-size1 % TAR_BLOCK)
-    size2 = _member_size(view[at : at + TAR_BLOCK])
-    data2 = view[at + TAR_BLOCK : at + TAR_BLOCK + size2]
-    if len(data1) != size1 or len(data2) != size2:
-        raise ValueError("sample members run past the sample's bytes")
+    data1, data2 = _members(memoryview(buf), 2)
     tokens = npy_payload(data1, dtype)
     starts = npy_payload(data2, STARTS_DTYPE)
     if len(tokens) != seq_len + 1:
@@ -118,6 +136,17 @@ def decode_sample(
     if starts.size and (starts.min() < 0 or starts.max() > seq_len):
         raise ValueError("document start outside the window")
     return tokens, starts
+
+
+def decode_masked_sample(
+    buf: bytes, dtype: np.dtype, seq_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, doc_starts, loss_mask) of a sample written with a loss mask."""
+    tokens, starts = decode_sample(buf, dtype, seq_len)
+    mask = npy_payload(_members(memoryview(buf), 3)[2], MASK_DTYPE)
+    if len(mask) != seq_len + 1:
+        raise ValueError(f"sample holds {len(mask)} loss-mask values, expected {seq_len + 1}")
+    return tokens, starts, mask
 
 
 def doc_ids_from_starts(starts: np.ndarray, length: int) -> np.ndarray:
@@ -158,9 +187,10 @@ class ShardWriter:
         self._sha.update(data)
         self._size += len(data)
 
-    def add(self, index: int, tokens: np.ndarray, starts: np.ndarray) -> None:
+    def add(self, index: int, tokens: np.ndarray, starts: np.ndarray,
+            loss_mask: np.ndarray | None = None) -> None:
         """Append sample `index` (its dataset-wide index, which becomes its key)."""
-        data = encode_sample(index, tokens, starts)
+        data = encode_sample(index, tokens, starts, loss_mask)
         self._rows.append((self._size, len(data), zlib.crc32(data)))
         self._write(data)
         if self._size > MAX_SHARD_BYTES:

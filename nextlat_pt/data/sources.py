@@ -6,6 +6,10 @@ or `.zst`. A text file is one document by default (like a source file); `txt_spl
 makes each line a document and `"paragraph"` splits at blank lines. Text is decoded as UTF-8
 with bad bytes replaced (U+FFFD) rather than aborting a long run, and without newline
 translation, so "\\r\\n" reaches the tokenizer as written. Empty documents are skipped.
+
+With a prompt field (`prompt_field`, JSONL only) a document is a (prompt, completion) pair: the
+record's prompt field and its text field. Its tokens are the prompt's then the completion's,
+and training computes the loss on the completion only (see `prepare.py`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,20 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, Union
 
 from nextlat_pt.data.errors import DataError
 
 TXT_SPLITS = ("file", "line", "paragraph")
 SUPPORTED = ".txt, .jsonl or .ndjson, each optionally compressed as .gz or .zst"
 _GLOB_CHARS = frozenset("*?[")
+# A document: its text, or (prompt, completion) when the reader has a prompt field.
+Document = Union[str, tuple[str, str]]
+
+
+def document_text(doc: Document) -> str:
+    """The whole text of a document (prompt and completion joined)."""
+    return doc if isinstance(doc, str) else doc[0] + doc[1]
 
 
 def input_format(path: Path) -> tuple[str, str]:
@@ -214,7 +225,8 @@ def _txt_documents(f: TextIO, split: str) -> Iterator[str]:
             yield "".join(lines).removesuffix("\n")
 
 
-def _jsonl_documents(f: TextIO, path: Path, field: str) -> Iterator[str]:
+def _jsonl_documents(f: TextIO, path: Path, field: str,
+                     prompt_field: str | None = None) -> Iterator[Document]:
     for lineno, line in enumerate(f, 1):
         if not line.strip():
             continue
@@ -235,7 +247,15 @@ def _jsonl_documents(f: TextIO, path: Path, field: str) -> Iterator[str]:
                 f"{path}:{lineno}: field {field!r} is a {type(text).__name__}, not a string; "
                 "pass the --text-field that holds the document text"
             )
-        yield text
+        if prompt_field is None:
+            yield text
+            continue
+        prompt = record.get(prompt_field)
+        if not isinstance(prompt, str):
+            found = "missing" if prompt is None else f"a {type(prompt).__name__}"
+            raise DataError(f"{path}:{lineno}: prompt field {prompt_field!r} is {found}, not a "
+                            "string; give every record one, or pass the right --prompt-field")
+        yield prompt, text
 
 
 class DocumentReader:
@@ -246,20 +266,30 @@ class DocumentReader:
     """
 
     def __init__(
-        self, paths: Sequence[Path], text_field: str = "text", txt_split: str = "file"
+        self, paths: Sequence[Path], text_field: str = "text", txt_split: str = "file",
+        prompt_field: str | None = None,
     ) -> None:
-        """Check the settings; nothing is read until iteration."""
+        """Check the settings; nothing is read until iteration. With `prompt_field` every
+        input must be JSONL and the documents are (prompt, completion) pairs."""
         if txt_split not in TXT_SPLITS:
             raise DataError(f"txt_split={txt_split!r} is not one of {TXT_SPLITS}")
         if not text_field:
             raise DataError("the text field name is empty; pass --text-field NAME")
+        if prompt_field is not None:
+            if not prompt_field:
+                raise DataError("the prompt field name is empty; pass --prompt-field NAME")
+            text_inputs = [p for p in paths if input_format(Path(p))[0] != "jsonl"]
+            if text_inputs:
+                raise DataError(f"--prompt-field needs JSONL inputs (a prompt and a text field "
+                                f"per record); {text_inputs[0]} is a text file")
+        self.prompt_field = prompt_field
         self.paths = [Path(p) for p in paths]
         self.text_field = text_field
         self.txt_split = txt_split
         self.documents = 0
         self.empty_skipped = 0
 
-    def iter_file(self, path: Path) -> Iterator[str]:
+    def iter_file(self, path: Path) -> Iterator[Document]:
         """The non-empty documents of one file."""
         fmt, _ = input_format(path)
         errors = _read_errors()
@@ -267,7 +297,7 @@ class DocumentReader:
             docs = (
                 _txt_documents(f, self.txt_split)
                 if fmt == "txt"
-                else _jsonl_documents(f, path, self.text_field)
+                else _jsonl_documents(f, path, self.text_field, self.prompt_field)
             )
             while True:
                 try:
@@ -279,13 +309,13 @@ class DocumentReader:
                         f"cannot read input {path}: {err}; the file is damaged or truncated, "
                         "replace or drop it"
                     ) from None
-                if text:
+                if document_text(text):
                     self.documents += 1
                     yield text
                 else:
                     self.empty_skipped += 1
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[Document]:
         for path in self.paths:
             yield from self.iter_file(path)
 

@@ -81,9 +81,12 @@ class SplitWriter:
         shard_samples: int,
         plan: str,
         log: Callable[[str], None] = print,
+        with_mask: bool = False,
     ) -> None:
-        """Open `directory` and work out which shards are still to be written."""
+        """Open `directory` and work out which shards are still to be written. `with_mask`:
+        documents come with a loss mask, stored with each sample."""
         self.dir = Path(directory)
+        self.with_mask = with_mask
         self.dir.mkdir(parents=True, exist_ok=True)
         self.seq_len = seq_len
         self.dtype = np.dtype(dtype)
@@ -113,7 +116,8 @@ class SplitWriter:
         start = Pointer()
         if first_missing and self.records[first_missing - 1]["end"] is not None:
             start = Pointer.from_list(self.records[first_missing - 1]["end"])
-        self.packer = Packer(seq_len, start, first_sample=first_missing * shard_samples)
+        self.packer = Packer(seq_len, start, first_sample=first_missing * shard_samples,
+                             with_mask=with_mask)
         # The last shard this run must write; None: unknown until the input ends.
         self._last_needed: int | None = None
         if self.end is not None:
@@ -160,8 +164,10 @@ class SplitWriter:
             return True
         return self.packer.next_sample >= (self._last_needed + 1) * self.shard_samples
 
-    def add(self, docs: Sequence[tuple[int, np.ndarray]]) -> None:
-        """Append this split's documents (index, tokens with EOS) and write what fills."""
+    def add(self, docs: Sequence[tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]]
+            ) -> None:
+        """Append this split's documents (index, tokens with EOS[, loss mask]) and write what
+        fills."""
         if self.done:
             return
         self.packer.add(docs)
@@ -173,7 +179,8 @@ class SplitWriter:
                 if k not in self.records:
                     self._writer = ShardWriter(self.dir / shard_name(k))
             if self._writer is not None:
-                self._writer.add(window.index, window.tokens.astype(self.dtype), window.starts)
+                self._writer.add(window.index, window.tokens.astype(self.dtype), window.starts,
+                                 window.loss_mask)
                 if j == s - 1:
                     self._close_shard(k, pointers[1])
 
@@ -234,6 +241,7 @@ class SplitWriter:
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             **meta,
+            **({"loss_mask": True} if self.with_mask else {}),
             "plan_fingerprint": self.plan,
             "seq_len": self.seq_len,
             "sample_tokens": self.seq_len + 1,

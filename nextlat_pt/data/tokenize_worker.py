@@ -28,10 +28,23 @@ def init_worker(model_proto: bytes) -> None:
     _SP = spm.SentencePieceProcessor(model_proto=model_proto)
 
 
-def tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths, tokens): each text's ids followed by EOS, concatenated as uint32."""
+def tokenize_batch(texts: list[str | tuple[str, str]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lengths, tokens, prompt_lengths): each document's ids followed by EOS, concatenated as
+    uint32, and how many of its first tokens are its prompt's.
+
+    A document is a text (no prompt) or a (prompt, completion) pair, whose two parts are
+    tokenized apart: the boundary between them is always a token boundary.
+    """
     assert _SP is not None, "init_worker was not called"
-    docs = _SP.encode(texts, out_type=int, num_threads=1)
+    prompts = [t[0] if isinstance(t, tuple) else "" for t in texts]
+    bodies = [t[1] if isinstance(t, tuple) else t for t in texts]
+    docs = _SP.encode(bodies, out_type=int, num_threads=1)
+    prompt_lengths = np.zeros(len(texts), dtype=np.int64)
+    if any(prompts):
+        for i, ids in enumerate(_SP.encode(prompts, out_type=int, num_threads=1)):
+            docs[i][:0] = ids
+            prompt_lengths[i] = len(ids)
     eos = _SP.eos_id()
     lengths = np.fromiter((len(d) + 1 for d in docs), dtype=np.int64, count=len(docs))
     for d in docs:
@@ -39,7 +52,7 @@ def tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     flat = np.fromiter(
         itertools.chain.from_iterable(docs), dtype=np.uint32, count=int(lengths.sum())
     )
-    return lengths, flat
+    return lengths, flat, prompt_lengths
 
 
 class Tokenizers:
@@ -66,9 +79,10 @@ class Tokenizers:
             init_worker(model_proto)
 
     def map(
-        self, batches: Iterable[tuple[T, list[str]]]
-    ) -> Iterator[tuple[T, np.ndarray, np.ndarray]]:
-        """For each (tag, texts) in `batches`: (tag, lengths, tokens), in the same order."""
+        self, batches: Iterable[tuple[T, list]]
+    ) -> Iterator[tuple[T, np.ndarray, np.ndarray, np.ndarray]]:
+        """For each (tag, texts) in `batches`: (tag, lengths, tokens, prompt_lengths), in the
+        same order."""
         if self._pool is None:
             for tag, texts in batches:
                 yield (tag, *tokenize_batch(texts))

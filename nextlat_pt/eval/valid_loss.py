@@ -3,7 +3,8 @@
 By default every window of the split is scored (the last batch may be smaller); with
 `max_batches` only the first `max_batches × micro_batch_size` windows, which are the windows
 the trainer validates on when they match its `train.eval_batches` and micro-batch size.
-Every position is scored (documents packed with EOS between them, as in training). The
+Every position is scored (documents packed with EOS between them, as in training), except
+in data prepared with prompts: there, as in training, only the completions' tokens. The
 softmax runs over the tokenizer's real vocabulary, so a checkpoint and its export give the
 same number; the trainer's own val_ce also counts megatron's padding rows, so it can be a
 hair higher when the vocabulary is padded.
@@ -93,9 +94,11 @@ def validation_loss(model: ScoredModel, data: Path, micro_batch_size: int = 8,
                                 f"model's vocabulary of {model.vocab_size}")
             logits = model.logits(tokens[:, :-1])
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(),
-                                   tokens[:, 1:].reshape(-1), reduction="sum")
-            total += float(loss)
-            count += tokens[:, 1:].numel()
+                                   tokens[:, 1:].reshape(-1), reduction="none")
+            if "loss_mask" in batch:  # prepared with prompts: the completions, as training
+                loss = loss[torch.from_numpy(batch["loss_mask"][:, 1:]).reshape(-1).bool()]
+            total += float(loss.sum())
+            count += loss.numel()
         ce = total / count
         return ValidResult(ce=ce, perplexity=math.exp(min(ce, 700)), tokens=count,
                            windows=windows, total_windows=len(ds), batches=len(starts),

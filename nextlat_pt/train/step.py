@@ -27,7 +27,12 @@ class MicroBatch:
 
     @classmethod
     def from_sample(cls, sample: dict[str, Tensor], device: torch.device) -> MicroBatch:
-        """From packed windows of T+1 tokens: inputs x_0..x_{T-1}, labels x_1..x_T."""
+        """From packed windows of T+1 tokens: inputs x_0..x_{T-1}, labels x_1..x_T.
+
+        A window's optional "loss_mask" [B, T+1] marks the tokens that are training targets
+        (a prepared dataset's completions); the prediction at t is trained when x_{t+1} is one.
+        Without it every label is trained.
+        """
         tokens = sample["tokens"].to(device, non_blocking=True)
         doc_ids = sample["doc_ids"].to(device, non_blocking=True)
         labels = tokens[:, 1:].t().contiguous()
@@ -35,7 +40,7 @@ class MicroBatch:
         if loss_mask is None:
             loss_mask = torch.ones_like(labels, dtype=torch.float32)
         else:
-            loss_mask = loss_mask.to(device)[:, :-1].t().float().contiguous()
+            loss_mask = loss_mask.to(device)[:, 1:].t().float().contiguous()
         return cls(
             input_ids=tokens[:, :-1].contiguous(),
             labels=labels,

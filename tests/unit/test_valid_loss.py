@@ -52,3 +52,24 @@ def test_max_batches_scores_the_first_windows_and_says_so(tmp_path):
     result = validation_loss(UniformModel(), data, micro_batch_size=8, max_batches=2)
     assert result.tokens == 16 * SEQ and result.batches == 2
     assert f"the first 16 of {WINDOWS} windows" in result.summary()
+
+
+def test_data_prepared_with_prompts_is_scored_on_its_completions_only(tmp_path):
+    from nextlat_pt.data.dataset import open_dataset
+    from nextlat_pt.tasks.pathstar.build import PathStarSettings, make_pathstar
+
+    task = tmp_path / "task"
+    make_pathstar(task, PathStarSettings(degree=2, length=3, nodes=10, num_graphs=30,
+                                         test_graphs=6), log=lambda m: None)
+    ds = open_dataset(task / "shards", "valid")
+    targets = sum(int(ds.get(i)["loss_mask"][1:].sum()) for i in range(len(ds)))
+    model = UniformModel()
+    model.vocab_size, model.tokenizer_fingerprint = ds.vocab_size, ds.tokenizer_fingerprint
+
+    def logits(tokens):
+        return torch.zeros(*tokens.shape, ds.vocab_size)
+
+    model.logits = logits
+    result = validation_loss(model, task / "shards", micro_batch_size=2)
+    assert result.tokens == targets == len(ds) * 6  # the path's 5 tokens and its EOS
+    assert abs(result.ce - math.log(ds.vocab_size)) < 1e-12

@@ -1,0 +1,1 @@
+"""Path-star planning graphs (Bachmann & Nagarajan)."""
