@@ -77,7 +77,7 @@ FAMILIES = ((2, 10), (5, 5))
 # 200k graphs, 20k steps × 512, N = 100, 5 seeds.
 PAPER = {(2, 10): {"ntp": 49.4, "nextlat": 97.1, "mtp": 66.2},
          (5, 5): {"ntp": 18.6, "nextlat": 99.8, "mtp": 21.2}}
-# GPU sizing: measured on one H200 at 1.3B (docs: GPU_PROFILE), MFU 0.285; a 12 × 384 model
+# GPU sizing: our 1.3B step measured on one H200 before this work ran at MFU 0.285; a 12 × 384 model
 # multiplies far smaller matrices, so the estimate assumes a third of that, plus a fixed cost
 # per step (optimizer, launches) and per run (start-up, checkpoint, evaluation).
 GPU_PEAK_TFLOPS = 989.4
