@@ -8,6 +8,9 @@ if needed, torn down afterwards by PID).
   rank saves at the next step boundary, the script requeues the job, the job restarts
   (SLURM_RESTART_COUNT=1), resumes from exactly that checkpoint and finishes: the final
   checkpoint is train.max_steps and metrics.jsonl has each step once.
+- A job preempted on two nodes (DP=2, ZeRO-1) and requeued while the second is drained,
+  shrunk to one node as it waits, resumes on one (DP=1, the one-rank engine) with the
+  optimizer state, and its losses equal a two-rank run never interrupted, to 1e-5.
 - A job with a missing dataset fails at once with the message, and is not requeued.
 
 Skipped only where it cannot run: not root, or Slurm missing with no way to install it.
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_runner import read_jsonl
+from cli_runner import read_jsonl, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "scripts" / "slurm_cluster.sh"
@@ -201,6 +204,69 @@ def test_two_node_job_is_preempted_requeued_resumes_and_finishes(cluster, tmp_pa
     print(f"first checkpoint {first} after {signalled - started:.1f} s; preempted at step "
           f"{step}; requeued, resumed and finished {finished - signalled:.1f} s after the "
           f"signal")
+
+
+def _scontrol(env: dict[str, str], *args: str) -> None:
+    subprocess.run(["scontrol", *args], env=env, check=True, timeout=30)
+
+
+def test_requeued_job_resumes_on_one_node_and_continues_the_losses(cluster, tmp_path,
+                                                                   corpus_cache):
+    """Leg 1 on two nodes (DP=2, ZeRO-1); cinode2 is drained while it runs (it keeps its job,
+    takes no new one). The requeued job, while it waits, is shrunk to one node
+    (`scontrol update JobId=N NumNodes=1 NumTasks=1 NumCPUs=1`, docs/multinode.md): leg 2
+    runs on cinode1 alone (DP=1, the one-rank engine) with the optimizer state, and the
+    losses equal a two-rank run never interrupted, to 1e-5."""
+    steps = 30
+    run_dir = tmp_path / "run"
+    log = tmp_path / "job.log"
+    env = _job_env(cluster, DATA="builtin", SAVE_DIR=str(run_dir),
+                   EXTRA_ARGS=f"data.cache_dir={corpus_cache} train.max_steps={steps}")
+    job = _submit(env, log, TINY)
+    latest = run_dir / "checkpoints" / "latest"
+    _wait(lambda: latest.exists() or _finished(env, job), 300, "the first checkpoint", env,
+          job, log)
+    assert latest.exists(), f"the job ended early:\n{log.read_text()[-6000:]}"
+    _scontrol(env, "update", "NodeName=cinode2", "State=DRAIN", "Reason=shrink-test")
+    try:
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True,
+                       timeout=30)
+
+        def requeued_and_waiting() -> bool:
+            info = _scontrol_job(env, job)
+            return info.get("Restarts") == "1" and info.get("JobState") == "PENDING"
+
+        _wait(requeued_and_waiting, 300, "the requeued job to wait", env, job, log)
+        # A requeued job keeps its task and CPU counts; all three must shrink together.
+        _scontrol(env, "update", f"JobId={job}", "NumNodes=1", "NumTasks=1", "NumCPUs=1")
+        _wait(lambda: _finished(env, job), 600, "the job to finish", env, job, log)
+    finally:
+        _scontrol(env, "update", "NodeName=cinode2", "State=RESUME")
+    text = log.read_text()
+    info = _scontrol_job(env, job)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", text[-6000:]
+    assert "job " + job + " start (SLURM_RESTART_COUNT=0) on 2 node(s)" in text, text[-6000:]
+    assert "job " + job + " start (SLURM_RESTART_COUNT=1) on 1 node(s)" in text, text[-6000:]
+    stopped = re.search(r"stopping at step (\d+) on a preemption signal", text)
+    assert stopped, text[-6000:]
+    step = int(stopped.group(1))
+    assert step < steps, f"the run finished (step {step}) before the signal arrived"
+    assert f"resuming from {run_dir}/checkpoints/step_{step:07d} (step {step}, optimizer " \
+           f"restored, RNG fresh)" in text, text[-6000:]
+    assert "layout changed (tp=1 pp=1 dp=2" in text and "dp=1 vpp=0 zero=1 optimizer=local" \
+        in text, text[-6000:]
+
+    # The same run on two ranks, never interrupted (the job's resolved config).
+    reference = tmp_path / "reference"
+    run_cli(["train", str(run_dir / "config.yaml"), f"run.dir={reference}",
+             "checkpoint.interval=0"], nproc=2)
+    ours = {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r}
+    theirs = {r["step"]: r["loss"] for r in read_jsonl(reference / "metrics.jsonl")
+              if "loss" in r}
+    assert sorted(ours) == list(range(1, steps + 1)), "metrics.jsonl must have each step once"
+    for s in ours:
+        assert ours[s] == pytest.approx(theirs[s], rel=1e-5), f"step {s} (resumed at {step})"
+    print(f"preempted at step {step} on two nodes; resumed on one, the losses continue")
 
 
 def test_missing_dataset_fails_the_job_at_once_without_requeue(cluster, tmp_path):
