@@ -127,7 +127,8 @@ def child(horizon: int, steps: int, overrides: list[str], seed: int) -> dict[str
         spec, cfg.model.seq_len, cfg.train.micro_batch_size, dp=1,
         zero_stage=cfg.parallel.zero_stage, horizon=horizon if cfg.uses_psi else 0,
         optimizer=cfg.train.optimizer, bf16=spec.params_dtype == torch.bfloat16,
-        kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens)
+        kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens,
+        grad_accum_dtype=cfg.precision.grad_accum_dtype)
     distributed.destroy()
     return {
         "variant": name,

@@ -135,6 +135,12 @@ class ParallelConfig:
 class PrecisionConfig:
     dtype: str = _key("auto", "auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 (bf16 "
                               "weights and activations, fp32 master weights)")
+    grad_accum_dtype: str = _key("fp32", "bf16 runs: the dtype gradients accumulate and are "
+                                         "reduced in. fp32 (as Megatron-LM does for bf16): "
+                                         "DeepSpeed's bf16 optimizer, fp32 gradient buffers, "
+                                         "an fp32 norm; bf16: DeepSpeed's ZeRO optimizer over "
+                                         "bf16 gradients (half the gradient memory, lossy "
+                                         "accumulation, an fp64 norm pass)")
 
 
 @dataclass
@@ -432,6 +438,7 @@ _CHOICES = {
     "train.compile": ("auto", "true", "false"),
     "parallel.zero_stage": (1, 2, 3),
     "precision.dtype": ("auto", "fp32", "bf16"),
+    "precision.grad_accum_dtype": ("fp32", "bf16"),
     "logging.wandb": ("offline", "online", "disabled"),
     "data.on_error": ("raise", "skip"),
 }

@@ -4,7 +4,10 @@ Per rank, in bytes (P = this rank's parameters ≈ total / (TP·PP), dp = data-p
 w = 2 (bf16) or 4 (fp32) bytes per element):
 
 - weights: P · w; ZeRO-3 divides by dp.
-- gradients: P · w; ZeRO-2 and 3 divide by dp.
+- gradients: P · w; ZeRO-2 and 3 divide by dp. bf16 weights with fp32 gradient
+  accumulation (`precision.grad_accum_dtype`, the default) add the fp32 buffers the
+  gradients accumulate in, P · 4 (ZeRO-1: DeepSpeed's bf16 optimizer keeps them whole;
+  ZeRO-2 and 3 divide them by dp).
 - optimizer: P · (8 + m) for AdamW's two fp32 moments plus, under DeepSpeed, its fp32 copy of
   the parameters (m = 4: the master weights in bf16, ZeRO's flat partition in fp32); every
   ZeRO stage divides it by dp. One fp32 data-parallel rank without PP trains without
@@ -80,7 +83,8 @@ def layer_activation_elements(spec: ModelSpec) -> float:
 def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: int,
                     zero_stage: int, horizon: int = 0, optimizer: str = "adamw",
                     bf16: bool = False,
-                    kl_chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> MemoryEstimate:
+                    kl_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                    grad_accum_dtype: str = "fp32") -> MemoryEstimate:
     """The estimate for one rank of a `spec.tp` × `spec.pp` × `dp` layout (see module doc).
 
     `horizon` is NextLat's d (0: next-token only, no ψ)."""
@@ -89,6 +93,8 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
     params = counts["total"] / (spec.tp * spec.pp)
     weights = params * w / (dp if zero_stage >= 3 else 1)
     gradients = params * w / (dp if zero_stage >= 2 else 1)
+    if bf16 and grad_accum_dtype == "fp32":
+        gradients = params * w + params * 4 / (dp if zero_stage >= 2 else 1)
     copy = 0 if wants_local_engine(dp, spec.pp, bf16) else 4
     moments = 8 if optimizer == "adamw" else 0
     opt = params * (moments + copy) / dp

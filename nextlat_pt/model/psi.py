@@ -19,6 +19,9 @@ and `forward`) keeps the concatenating form, which is then slightly cheaper.
 The parameters are the unfused module's (`fc1` still holds all of W1), so checkpoints and the
 HF export are unchanged.
 
+The linears are megatron's with a matmul torch.compile can trace (`model/linear.py`), so
+`train.compile` fuses a rollout step's norm, GELUs and residual like a decoder layer's.
+
 Under tensor parallelism ψ is sharded like a transformer MLP so its per-rank cost shrinks with
 TP: W1 column-parallel (H split), W2 row-parallel (all-reduce to full H), W3 column-parallel
 with the D outputs gathered for the residual. The norm is replicated. Every full-width input
@@ -34,15 +37,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import (
-    ColumnParallelLinear,
-    RowParallelLinear,
-    copy_to_tensor_model_parallel_region,
-)
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from torch import Tensor
 
+from nextlat_pt.model.linear import TracedColumnParallelLinear, TracedRowParallelLinear
 from nextlat_pt.model.rmsnorm import RMSNorm
 
 
@@ -69,11 +70,11 @@ class LatentDynamics(MegatronModule):
         self.width = width
         self.norm = RMSNorm(2 * d, eps=config.layernorm_epsilon, dtype=config.params_dtype)
         common = dict(config=config, bias=False, init_method=config.init_method)
-        self.fc1 = ColumnParallelLinear(2 * d, width, gather_output=False, **common)
-        self.fc2 = RowParallelLinear(
+        self.fc1 = TracedColumnParallelLinear(2 * d, width, gather_output=False, **common)
+        self.fc2 = TracedRowParallelLinear(
             width, width, input_is_parallel=True, skip_bias_add=False, **common
         )
-        self.fc3 = ColumnParallelLinear(width, d, gather_output=True, **common)
+        self.fc3 = TracedColumnParallelLinear(width, d, gather_output=True, **common)
         # normal(0, σ) for standalone use; NextLatGPT redraws them with `init_weights`.
         with torch.no_grad():
             for layer in (self.fc1, self.fc2, self.fc3):
@@ -95,14 +96,18 @@ class LatentDynamics(MegatronModule):
     def step(self, hidden: Tensor, inputs: EmbeddedInputs) -> Tensor:
         """ĥ_next from the state h and the embedded next tokens (same leading shape)."""
         d = self.config.hidden_size
+        # The group passed explicitly: megatron warns when it looks it up itself, and a
+        # warning stops torch.compile's graph.
+        group = parallel_state.get_tensor_model_parallel_group()
         dtype = hidden.dtype
         h32 = hidden.float()
         # r = 1/√(mean over the 2D concatenation + ε), as RMSNorm computes it
         square_mean = (h32.pow(2).sum(dim=-1, keepdim=True) + inputs.square_sum) / (2 * d)
         r = torch.rsqrt(square_mean + self.norm.eps)
         normed_h = self.norm.weight[:d] * (h32 * r).to(dtype)
-        x = F.linear(copy_to_tensor_model_parallel_region(normed_h), self.fc1.weight[:, :d])
-        x = x + inputs.projection * copy_to_tensor_model_parallel_region(r).to(dtype)
+        x = F.linear(copy_to_tensor_model_parallel_region(normed_h, group=group),
+                     self.fc1.weight[:, :d])
+        x = x + inputs.projection * copy_to_tensor_model_parallel_region(r, group=group).to(dtype)
         x, _ = self.fc2(F.gelu(x))
         delta, _ = self.fc3(F.gelu(x))
         return hidden + delta

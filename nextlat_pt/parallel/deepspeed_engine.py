@@ -56,9 +56,20 @@ def megatron_mpu() -> SimpleNamespace:
 
 
 def deepspeed_config(micro_batch_size: int, zero_stage: int, grad_clip: float,
-                     bf16: bool) -> dict[str, Any]:
-    """The engine config. Accumulation stays 1: megatron's schedule runs the micro-batches."""
+                     bf16: bool, grad_accum_dtype: str = "fp32") -> dict[str, Any]:
+    """The engine config. Accumulation stays 1: megatron's schedule runs the micro-batches.
+
+    bf16 weights with `grad_accum_dtype` fp32 (the default, Megatron-LM's choice for bf16):
+    under ZeRO-1 DeepSpeed then picks its bf16 optimizer, whose backward hooks add each bf16
+    gradient into a flat fp32 buffer (no per-micro-batch copy of the flat buffers, no bf16
+    rounding of the running sum) and whose norm reads those fp32 buffers directly; under
+    ZeRO-2/3 its ZeRO optimizer accumulates in fp32. bf16 keeps the gradients in bf16 (half
+    their memory) and DeepSpeed's ZeRO optimizer, whose norm converts every gradient to fp64.
+    """
     dp = ps.get_data_parallel_world_size()
+    extra: dict[str, Any] = {}
+    if bf16:
+        extra["data_types"] = {"grad_accum_dtype": grad_accum_dtype}
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,
@@ -70,11 +81,13 @@ def deepspeed_config(micro_batch_size: int, zero_stage: int, grad_clip: float,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
+        **extra,
     }
 
 
 def build_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, zero_stage: int,
-                 micro_batch_size: int, grad_clip: float, bf16: bool) -> TrainingEngine:
+                 micro_batch_size: int, grad_clip: float, bf16: bool,
+                 grad_accum_dtype: str = "fp32") -> TrainingEngine:
     """Wrap `module` and `optimizer` in a DeepSpeed engine over megatron's groups."""
     import deepspeed
     from deepspeed.utils import logger as ds_logger
@@ -84,7 +97,7 @@ def build_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, zero
     engine, _, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
-        config=deepspeed_config(micro_batch_size, zero_stage, grad_clip, bf16),
+        config=deepspeed_config(micro_batch_size, zero_stage, grad_clip, bf16, grad_accum_dtype),
         mpu=megatron_mpu(),
     )
     return engine
@@ -103,6 +116,19 @@ def no_sync_func(engine: TrainingEngine) -> Callable[[], contextlib.AbstractCont
             engine.set_gradient_accumulation_boundary(True)
 
     return no_sync
+
+
+def reduce_pipelined_gradients(engine: TrainingEngine) -> None:
+    """PP > 1: reduce over data-parallel ranks what megatron's schedule accumulated in the
+    module's own `.grad`. DeepSpeed's bf16 optimizer takes gradients into its fp32 buffers
+    in the engine's backward hooks, which a schedule driving the bare module never runs: hand
+    them over first (as DeepSpeed's own pipeline engine does), or the step would apply zero
+    gradients."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if isinstance(getattr(engine, "optimizer", None), BF16_Optimizer):
+        engine.optimizer.update_hp_grads(clear_lp_grads=False)
+    engine.allreduce_gradients()
 
 
 def set_lr(engine: TrainingEngine, lr: float) -> None:

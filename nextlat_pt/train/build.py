@@ -13,7 +13,7 @@ from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func
 from nextlat_pt.parallel.engine import TrainingEngine
 from nextlat_pt.parallel.grads import register_sequence_parallel_grad_hooks
 from nextlat_pt.parallel.local_engine import LocalEngine, wants_local_engine
-from nextlat_pt.train.compile import compile_layers, compile_wanted
+from nextlat_pt.train.compile import compile_layers, compile_psi, compile_wanted
 from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.train_module import NextLatTrainModule
 
@@ -64,6 +64,7 @@ def build_training(cfg: Config, vocab_size: int,
     if compile_wanted(cfg.train.compile, device):
         for chunk in chunks:
             compile_layers(chunk.model)
+            compile_psi(chunk.model)
     if torch.distributed.get_backend() != "nccl":
         # gloo pairs point-to-point messages by posting order. megatron's batched
         # isend/irecv can then hand a backward gradient to a forward receive of the same
@@ -80,7 +81,8 @@ def build_training(cfg: Config, vocab_size: int,
     if wants_local_engine(ps.get_data_parallel_world_size(), cfg.parallel.pp, bf16):
         return chunks, LocalEngine(module, optimizer, cfg.train.grad_clip)
     engine = build_engine(module, optimizer, cfg.parallel.zero_stage,
-                          cfg.train.micro_batch_size, cfg.train.grad_clip, bf16=bf16)
+                          cfg.train.micro_batch_size, cfg.train.grad_clip, bf16=bf16,
+                          grad_accum_dtype=cfg.precision.grad_accum_dtype)
     if cfg.parallel.pp == 1:
         # Let megatron's schedule tell DeepSpeed which micro-batch ends the accumulation.
         chunks[0].config.no_sync_func = no_sync_func(engine)

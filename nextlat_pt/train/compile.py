@@ -7,7 +7,11 @@ What is compiled, and why there:
   compilation serves all of them. The layer compiles whole: megatron's linears are replaced
   by traceable ones (`model/linear.py`), RoPE and SwiGLU take their plain form under
   compile (`model/kernels.py`); tests/unit/test_compile.py pins "one graph, no breaks".
-- nothing outside the layers: the embedding, the LM head and the loss keep their eager,
+- ψ (NextLat's latent dynamics, on the last stage): its single-step `forward` (d = 1) and
+  its rollout `step` (d > 1), the same way; the rollout's steps see sequences one token
+  shorter each, so `step` compiles with a dynamic sequence length after the first
+  recompilation instead of once per step.
+- nothing else: the embedding, the LM head and the loss keep their eager,
   chunked kernels (their memory is bounded by the chunk, not by a compiled graph), and the
   pipeline schedule, DeepSpeed's hooks and the optimizer stay Python.
 
@@ -49,3 +53,14 @@ def compile_layers(model: torch.nn.Module) -> int:
     for layer in layers:
         layer.forward = torch.compile(layer.forward, dynamic=False)
     return len(layers)
+
+
+def compile_psi(model: torch.nn.Module) -> bool:
+    """Compile ψ's one-step forward and its rollout step, if this stage holds ψ; returns
+    whether it did. As for the layers, the compiled functions are set on the instance."""
+    psi = getattr(model, "psi", None)
+    if psi is None:
+        return False
+    psi.forward = torch.compile(psi.forward, dynamic=False)
+    psi.step = torch.compile(psi.step, dynamic=None)
+    return True

@@ -42,7 +42,8 @@ def describe_run(cfg: Config, layout: ParallelLayout, models: list[torch.nn.Modu
     memory = estimate_memory(spec, cfg.model.seq_len, cfg.train.micro_batch_size, layout.dp,
                              cfg.parallel.zero_stage, cfg.nextlat.horizon if cfg.uses_psi
                              else 0, cfg.train.optimizer, spec.params_dtype == torch.bfloat16,
-                             kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens)
+                             kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens,
+                             grad_accum_dtype=cfg.precision.grad_accum_dtype)
     info = {
         "run dir": str(cfg.run_dir),
         "objective": cfg.nextlat.objective + (

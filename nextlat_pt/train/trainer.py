@@ -25,7 +25,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nextlat_pt.config import Config
-from nextlat_pt.parallel.deepspeed_engine import set_lr
+from nextlat_pt.parallel.deepspeed_engine import reduce_pipelined_gradients, set_lr
 from nextlat_pt.parallel.distributed import ParallelLayout
 from nextlat_pt.parallel.embedding_group import allreduce_embedding_grads
 from nextlat_pt.parallel.engine import TrainingEngine
@@ -140,7 +140,7 @@ class Trainer:
             self.engine.set_gradient_accumulation_boundary(True)
             embedding_params = [p for c in self.chunks for p in c.model.embedding_group_params()]
             allreduce_embedding_grads(embedding_params)
-            self.engine.allreduce_gradients()
+            reduce_pipelined_gradients(self.engine)
         else:
             records = self._run_schedule(micro_batches, forward_only=False)
         self.engine.step()

@@ -1,14 +1,15 @@
-"""`train.compile`: a compiled decoder layer computes the eager layer's step to bf16 tolerance,
-and `auto` compiles on CUDA only. (That the layer compiles as one graph, without breaks, is
-pinned in test_linear.py.)"""
+"""`train.compile`: compiled decoder layers and ψ compute the eager step to bf16 tolerance,
+ψ's one step and rollout step each compile as one graph, and `auto` compiles on CUDA only.
+(That the layer compiles as one graph, without breaks, is pinned in test_linear.py.)"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig
-from nextlat_pt.train.compile import compile_layers, compile_wanted
+from nextlat_pt.train.compile import compile_layers, compile_psi, compile_wanted
 from nextlat_pt.train.step import MicroBatch
 from nextlat_pt.train.train_module import NextLatTrainModule
 
@@ -29,20 +30,36 @@ def _grads(module: NextLatTrainModule, batch: MicroBatch) -> tuple[float, dict]:
     return loss.item(), {n: p.grad.float() for n, p in module.named_parameters()}
 
 
-def test_compiled_step_equals_eager_to_bf16_tolerance(parallel_tp1):
-    """NextLat d=1 (trunk, CE, ψ, KL), bf16: the loss and every parameter's gradient of the
-    model with compiled layers against the same weights run eagerly."""
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_compiled_step_equals_eager_to_bf16_tolerance(parallel_tp1, horizon):
+    """NextLat d=1 (ψ's one-step form) and d=2 (its rollout step): trunk, CE, ψ, KL, bf16:
+    the loss and every parameter's gradient of the model with compiled layers and ψ against
+    the same weights run eagerly."""
     tokens = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(0))
     batch = MicroBatch.from_sample({"tokens": tokens, "doc_ids": torch.zeros_like(tokens)},
                                    torch.device("cpu"))
-    loss_cfg = NextLatLossConfig(horizon=1)
+    loss_cfg = NextLatLossConfig(horizon=horizon)
     eager = NextLatTrainModule(NextLatGPT(SPEC), loss_cfg)
     compiled = NextLatTrainModule(NextLatGPT(SPEC), loss_cfg)
     compiled.load_state_dict(eager.state_dict())
     assert compile_layers(compiled.model) == SPEC.num_layers
+    assert compile_psi(compiled.model)
     eager_loss, eager_grads = _grads(eager, batch)
     compiled_loss, compiled_grads = _grads(compiled, batch)
     assert abs(compiled_loss - eager_loss) <= 1e-2 * abs(eager_loss)
     for name, grad in eager_grads.items():
         error = (compiled_grads[name] - grad).norm() / grad.norm().clamp(min=1e-12)
         assert error < 2e-2, f"{name}: relative gradient error {error:.3g}"
+
+
+def test_psi_one_step_and_rollout_step_compile_as_one_graph_each(parallel_tp1):
+    """ψ's linears are the traceable ones: no graph break in either form."""
+    psi = NextLatGPT(SPEC).psi
+    hidden = torch.randn(8, 2, SPEC.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+    embedding = torch.randn(9, 2, SPEC.hidden_size, dtype=torch.bfloat16)
+    inputs = psi.embed(embedding[1:])
+    for run, args in ((psi.forward, (hidden, embedding[1:])), (psi.step, (hidden, inputs))):
+        explained = torch._dynamo.explain(run)(*args)
+        reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
+        assert explained.graph_break_count == 0, reasons
+        assert explained.graph_count == 1

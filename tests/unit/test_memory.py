@@ -30,13 +30,25 @@ def test_one_rank_fp32_adamw_is_16_bytes_per_parameter_plus_activations():
 
 
 def test_zero_stages_shard_what_they_promise():
-    z1 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=1, bf16=True)
-    z2 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=2, bf16=True)
-    z3 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=3, bf16=True)
-    one = estimate_memory(SPEC, 1024, 1, dp=1, zero_stage=1, bf16=True)
+    z1 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=1, bf16=True, grad_accum_dtype="bf16")
+    z2 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=2, bf16=True, grad_accum_dtype="bf16")
+    z3 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=3, bf16=True, grad_accum_dtype="bf16")
+    one = estimate_memory(SPEC, 1024, 1, dp=1, zero_stage=1, bf16=True, grad_accum_dtype="bf16")
     assert z1.optimizer == pytest.approx(one.optimizer / 8) and z1.gradients == one.gradients
     assert z2.gradients == pytest.approx(one.gradients / 8) and z2.weights == one.weights
     assert z3.weights == pytest.approx(one.weights / 8)
+
+
+def test_bf16_fp32_gradient_accumulation_adds_the_fp32_buffers():
+    """bf16 gradients (2 bytes) plus the fp32 buffers they accumulate in (4 bytes): whole
+    under ZeRO-1 (DeepSpeed's bf16 optimizer), sharded by dp under ZeRO-2."""
+    lossy = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=1, bf16=True, grad_accum_dtype="bf16")
+    z1 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=1, bf16=True)
+    z2 = estimate_memory(SPEC, 1024, 1, dp=8, zero_stage=2, bf16=True)
+    params = lossy.weights / 2
+    assert z1.gradients == pytest.approx(6 * params)
+    assert z2.gradients == pytest.approx(2 * params + 4 * params / 8)
+    assert z1.optimizer == lossy.optimizer
 
 
 def test_tensor_parallelism_shards_the_weights():
