@@ -108,3 +108,28 @@ def test_psi_survives_the_round_trip_and_ntp_drops_it(sp_model, tmp_path, parall
     assert result.psi == "none"
     export_to_hf(tmp_path / "ckpt2", tmp_path / "export3", progress=False)
     assert not (tmp_path / "export3" / "nextlat_dynamics.safetensors").exists()
+
+
+def test_mtp_heads_go_beside_the_llama_and_come_back(sp_model, tmp_path, parallel_tp1):
+    """An MTP checkpoint exports the trunk with head 1 as the plain Llama (unchanged) and
+    heads 2..n in their own file, which an import of the export loads again exactly."""
+    hf_dir = tmp_path / "hf"
+    make_llama(hf_dir, sp_model, tied=False)
+    mtp = ["model.seq_len=64", "nextlat.objective=mtp", "nextlat.mtp_heads=3"]
+    import_from_hf(hf_dir, tmp_path / "ckpt", mtp)  # heads 2, 3 freshly initialised
+    export_to_hf(tmp_path / "ckpt", tmp_path / "export", progress=False)
+    original, llama = _tensors(hf_dir), _tensors(tmp_path / "export")
+    assert original.keys() == llama.keys()
+    assert all(torch.equal(original[k], llama[k]) for k in original)
+    heads = load_file(str(tmp_path / "export" / "mtp_heads.safetensors"))
+    assert {k.split(".")[0] for k in heads} == {"head2", "head3"}
+    assert heads["head2.self_attn.k_proj.weight"].shape == (32, 64)  # 2 kv groups × 16
+    assert not torch.equal(heads["head2.mlp.up_proj.weight"], heads["head3.mlp.up_proj.weight"])
+    assert json.loads((tmp_path / "export" / "mtp_heads.json").read_text())["heads"] == 3
+    assert not (tmp_path / "export" / "nextlat_dynamics.safetensors").exists()
+
+    # the recorded config (MTP); another seed, so fresh heads would differ
+    import_from_hf(tmp_path / "export", tmp_path / "ckpt2", ["run.seed=7"])
+    export_to_hf(tmp_path / "ckpt2", tmp_path / "export2", progress=False)
+    again = load_file(str(tmp_path / "export2" / "mtp_heads.safetensors"))
+    assert heads.keys() == again.keys() and all(torch.equal(heads[k], again[k]) for k in heads)
