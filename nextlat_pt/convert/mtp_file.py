@@ -60,19 +60,48 @@ def mtp_config(shape: ModelShape, heads: int) -> dict[str, Any]:
     }
 
 
+def heads_from_checkpoint(reader, shape: ModelShape) -> list[dict[str, Tensor]]:
+    """Heads 2 .. n of a checkpoint as Llama layers, keyed as `hf_layer_names`' keys
+    (what the inference decoder takes); [] without heads."""
+    layer_names = lm.hf_layer_names(0)
+    heads = []
+    for k in range(2, head_count(reader.keys()) + 1):
+        ours = reader.read({name: (key, None) for name, key in megatron_head_keys(k).items()})
+        hf = lm.megatron_layer_to_hf(0, ours, shape.num_heads, shape.num_query_groups,
+                                     shape.head_dim)
+        heads.append({name: hf[layer_names[name]] for name in layer_names})
+    return heads
+
+
+def heads_from_export(hf_dir: Path) -> list[dict[str, Tensor]]:
+    """Heads 2 .. n from an export's mtp_heads.safetensors, keyed as `hf_layer_names`' keys;
+    [] when the folder has none."""
+    from safetensors.torch import load_file
+
+    path = hf_dir / MTP_WEIGHTS
+    if not path.is_file():
+        return []
+    tensors = load_file(str(path))
+    heads = []
+    for k in sorted({int(name.split(".")[0].removeprefix("head")) for name in tensors}):
+        names = _file_names(k)
+        missing = [n for n in names.values() if n not in tensors]
+        if missing:
+            raise ConvertError(f"{path} lacks {missing[:3]}; it is not a complete "
+                               f"{MTP_WEIGHTS}")
+        heads.append({key: tensors[name] for key, name in names.items()})
+    return heads
+
+
 def export_mtp_heads(reader, shape: ModelShape, heads: int, dtype: torch.dtype,
                      out_dir: Path) -> None:
     """Read heads 2 .. n from the checkpoint and write the file and its JSON."""
     from safetensors.torch import save_file
 
     tensors = {}
-    for k in range(2, heads + 1):
-        ours = reader.read({name: (key, None) for name, key in megatron_head_keys(k).items()})
-        hf = lm.megatron_layer_to_hf(0, ours, shape.num_heads, shape.num_query_groups,
-                                     shape.head_dim)
+    for k, head in enumerate(heads_from_checkpoint(reader, shape), start=2):
         names = _file_names(k)
-        layer_names = lm.hf_layer_names(0)
-        tensors.update({names[n]: hf[layer_names[n]].to(dtype).contiguous() for n in names})
+        tensors.update({names[key]: head[key].to(dtype).contiguous() for key in names})
     config = mtp_config(shape, heads)
     save_file(tensors, str(out_dir / MTP_WEIGHTS),
               metadata={"format": "pt", "nextlat_mtp_heads": json.dumps(config)})
@@ -81,20 +110,10 @@ def export_mtp_heads(reader, shape: ModelShape, heads: int, dtype: torch.dtype,
 
 def load_mtp_heads(hf_dir: Path, shape: ModelShape) -> dict[int, dict[str, Tensor]] | None:
     """{k: head k's tensors keyed as `llama_mapping.LAYER_KEYS`} from an export, or None."""
-    from safetensors.torch import load_file
-
-    path = hf_dir / MTP_WEIGHTS
-    if not path.is_file():
-        return None
-    tensors = load_file(str(path))
+    layer_names = lm.hf_layer_names(0)
     heads = {}
-    for k in sorted({int(name.split(".")[0].removeprefix("head")) for name in tensors}):
-        names, layer_names = _file_names(k), lm.hf_layer_names(0)
-        missing = [n for n in names.values() if n not in tensors]
-        if missing:
-            raise ConvertError(f"{path} lacks {missing[:3]}; it is not a complete "
-                               f"{MTP_WEIGHTS}")
-        hf = {layer_names[n]: tensors[names[n]] for n in names}
+    for k, head in enumerate(heads_from_export(hf_dir), start=2):
+        hf = {layer_names[key]: tensor for key, tensor in head.items()}
         heads[k] = lm.hf_layer_to_megatron(0, hf, shape.num_heads, shape.num_query_groups,
                                            shape.head_dim)
-    return heads
+    return heads or None
