@@ -1,6 +1,7 @@
-"""How much slower is a NextLat training step than a next-token (NTP) step? Measured vs FLOPs.
+"""How much slower is a NextLat (or MTP) training step than a next-token (NTP) step? Measured
+vs FLOPs.
 
-    python bench/nextlat_overhead.py [--repeats N] [--warmup W] [--d4] [--plain]
+    python bench/nextlat_overhead.py [--repeats N] [--warmup W] [--d4] [--mtp N ...] [--plain]
                                      [--threads N] [--json PATH] [section.key=value ...]
 
 `measure(...)` returns the same results as a dict (bench/run_all.py and
@@ -10,7 +11,8 @@ What is measured
 ----------------
 One process, one model config (the tiny job by default: 4 layers, D=256, T=256, micro batch
 8, vocab 4096), and the framework's real training step for each variant: NTP, NextLat d=1,
-NextLat d=2 (and d=4 with `--d4`). Each variant is built from a `Config` (the defaults plus
+NextLat d=2 (and d=4 with `--d4`), and multi-token prediction with n heads for each n of
+`--mtp` (default 2; `--mtp` alone: none). Each variant is built from a `Config` (the defaults plus
 the command line's overrides plus its objective) exactly as the trainer builds it
 (`nextlat_pt.train.build.build_training`: the model (weights drawn from `run.seed`, so the
 same initial trunk for every variant), the model + objective module, AdamW, the engine: the
@@ -84,7 +86,7 @@ class Variant:
     """One objective on the shared model config, with its own model and optimizer."""
 
     name: str
-    horizon: int  # 0: NTP
+    horizon: int | None  # NextLat's d; 0: NTP; None: MTP (see mtp_heads)
     cfg: Config
     model: NextLatGPT
     module: NextLatTrainModule  # model + objective: what megatron's schedule drives
@@ -95,6 +97,7 @@ class Variant:
     times: list[float] = field(default_factory=list)
     steps: int = 0
     losses: list[float] = field(default_factory=list)  # every step's loss, warm-up included
+    mtp_heads: int = 1  # MTP's n (1: not MTP)
 
     @property
     def last_loss(self) -> float:
@@ -111,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps per variant before measuring (default 2)")
     parser.add_argument("--d4", action="store_true", help="also measure NextLat d=4")
+    parser.add_argument("--mtp", type=int, nargs="*", default=[2], metavar="N",
+                        help="also measure multi-token prediction with N heads (default: 2; "
+                             "--mtp alone: no MTP variant)")
     parser.add_argument("--plain", action="store_true",
                         help="torch AdamW + clip_grad_norm instead of the DeepSpeed engine")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random batch")
@@ -120,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if any(n < 2 for n in args.mtp):
+        parser.error("--mtp takes head counts >= 2 (1 is NTP, measured anyway)")
     return args
 
 
@@ -128,15 +136,20 @@ def vocab_size(cfg: Config) -> int:
     return cfg.model.vocab_size or cfg.data.builtin_vocab_size
 
 
-def build_variant(name: str, horizon: int, overrides: list[str], device: torch.device,
-                  plain: bool) -> Variant:
-    """The variant's config, model and optimizer, built as the trainer builds them.
+def build_variant(name: str, horizon: int | None, overrides: list[str], device: torch.device,
+                  plain: bool, mtp_heads: int = 1) -> Variant:
+    """The variant's config, model and optimizer, built as the trainer builds them: NTP
+    (horizon 0), NextLat d (horizon d) or MTP (horizon None, `mtp_heads` heads).
 
     The weights are drawn per parameter from `run.seed`, so every variant starts from the
     same trunk.
     """
-    objective = ["nextlat.objective=ntp"] if horizon == 0 else [
-        "nextlat.objective=nextlat", f"nextlat.horizon={horizon}"]
+    if horizon is None:
+        objective = ["nextlat.objective=mtp", f"nextlat.mtp_heads={mtp_heads}"]
+    elif horizon == 0:
+        objective = ["nextlat.objective=ntp"]
+    else:
+        objective = ["nextlat.objective=nextlat", f"nextlat.horizon={horizon}"]
     cfg = load_config(None, list(overrides) + objective)
     validate(cfg, world_size=1)
     if cfg.parallel.tp * cfg.parallel.pp != 1:
@@ -156,14 +169,14 @@ def build_variant(name: str, horizon: int, overrides: list[str], device: torch.d
         optimizer = engine.optimizer
         forward_step = make_forward_step(engine)
     module.train()
-    if horizon == 0:
+    if not horizon:  # NTP, or MTP (its heads are in the spec)
         flops = flops_per_token(spec, cfg.model.seq_len, 0, nextlat=False)
     else:
         flops = flops_per_token(spec, cfg.model.seq_len, horizon, nextlat=True,
                                 with_kl=cfg.nextlat.lambda_kl != 0.0)
     return Variant(name=name, horizon=horizon, cfg=cfg, model=model, module=module,
                    engine=engine, optimizer=optimizer, forward_step=forward_step,
-                   flops_per_token=flops.total)
+                   flops_per_token=flops.total, mtp_heads=spec.mtp_heads)
 
 
 def engine_name(engine: Any, cfg: Config) -> str:
@@ -241,6 +254,7 @@ def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, A
         rows.append({
             "variant": v.name,
             "horizon": v.horizon,
+            "mtp_heads": v.mtp_heads,
             "median_s": median,
             "iqr_s": q75 - q25,
             "min_s": min(v.times),
@@ -278,9 +292,10 @@ ExtraStep = Callable[[list[Variant], list[MicroBatch]], tuple[str, Callable[[], 
 
 
 def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2),
-            repeats: int = 20, warmup: int = 2, plain: bool = False, seed: int = 1234,
-            extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
-    """Build the variants (NTP first), interleave their training steps, return the results.
+            mtp: Sequence[int] = (), repeats: int = 20, warmup: int = 2, plain: bool = False,
+            seed: int = 1234, extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
+    """Build the variants (NTP first, then NextLat for each horizon, then MTP for each head
+    count in `mtp`), interleave their training steps, return the results.
 
     Raises ConfigError on a bad override. Initialises the one-process world if needed (the
     caller tears it down). `extra` steps run in the same rotation; their times are under
@@ -294,6 +309,8 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2
     device = distributed.device()
     variants = [build_variant("NTP" if d == 0 else f"NextLat d={d}", d, list(overrides),
                               device, plain) for d in horizons]
+    variants += [build_variant(f"MTP n={n}", None, list(overrides), device, plain, n)
+                 for n in mtp]
     cfg = variants[0].cfg
     batches = random_batch(cfg, seed, device)
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
@@ -314,7 +331,7 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2
     for v in variants:
         v.times = times[v.name]
 
-    spec = variants[-1].model.spec
+    spec = next((v for v in reversed(variants) if v.horizon), variants[0]).model.spec
     counts = parameter_counts(spec)
     m = cfg.model
     return {
@@ -358,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     horizons = [0, 1, 2] + ([4] if args.d4 else [])
     print(f"command: {command}", flush=True)
     try:
-        result = measure(args.overrides, horizons=horizons, repeats=args.repeats,
+        result = measure(args.overrides, horizons=horizons, mtp=args.mtp, repeats=args.repeats,
                          warmup=args.warmup, plain=args.plain, seed=args.seed)
     except ConfigError as err:
         print(f"nextlat_overhead: config error: {err}", file=sys.stderr)

@@ -254,9 +254,10 @@ def compare(rows: list[dict[str, Any]], ref_times: list[float], ref_losses: list
 
 
 def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0,),
-            repeats: int = 20, warmup: int = 2, seed: int = 1234,
+            mtp: Sequence[int] = (), repeats: int = 20, warmup: int = 2, seed: int = 1234,
             extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
-    """Our variants (`horizons`, NTP first) and the reference, interleaved in one run.
+    """Our variants (`horizons`, NTP first; MTP with each head count of `mtp`) and the
+    reference, interleaved in one run.
 
     Returns nextlat_overhead's result plus `reference` (HF + default AdamW, see `compare`)
     and `reference_fused_adamw` (HF + torch's fused AdamW, as ours); `extra` steps join the
@@ -264,9 +265,10 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0,),
     """
     plain: dict[str, ReferenceStep] = {}
     fused: dict[str, ReferenceStep] = {}
-    result = measure_steps(overrides, horizons=horizons, repeats=repeats, warmup=warmup,
-                           seed=seed, extra=[reference_factory(plain),
-                                             reference_factory(fused, fused_adamw=True), *extra])
+    result = measure_steps(overrides, horizons=horizons, mtp=mtp, repeats=repeats,
+                           warmup=warmup, seed=seed,
+                           extra=[reference_factory(plain),
+                                  reference_factory(fused, fused_adamw=True), *extra])
     result["reference"] = compare(result["rows"], result["extra_times"][REFERENCE],
                                   plain["step"].losses, result["tokens_per_step"])
     result["reference_fused_adamw"] = compare(

@@ -59,14 +59,15 @@ def step_rows(results: dict[str, Any]) -> list[Row]:
         return [_missing("steps", "NextLat / NTP step time", why),
                 _missing("steps", "our step / HF Llama + AdamW", why)]
     steps = results["steps"]
-    rows_by_h = {r["horizon"]: r for r in steps["rows"]}
+    # MTP variants have no horizon (None); NTP is horizon 0, NextLat d is d
+    rows_by_h = {r["horizon"]: r for r in steps["rows"] if r["horizon"] is not None}
     ntp = rows_by_h[0]
+    others = [(f"NextLat d={h}", r) for h, r in sorted(rows_by_h.items()) if h != 0]
+    others += [(f"MTP n={r['mtp_heads']}", r) for r in steps["rows"] if r["horizon"] is None]
     out = []
-    for h, r in sorted(rows_by_h.items()):
-        if h == 0:
-            continue
+    for name, r in others:
         out.append(Row(
-            "steps", f"NextLat d={h} / NTP step time", r["ratio_paired"],
+            "steps", f"{name} / NTP step time", r["ratio_paired"],
             f"FLOP ratio {r['ratio_flops']:.3f}",
             f"medians {r['median_s']:.3f} / {ntp['median_s']:.3f} s (ratio "
             f"{r['ratio_measured']:.3f}), min/min {r['ratio_min']:.3f}; {steps['repeats']} "

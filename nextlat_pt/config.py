@@ -72,7 +72,8 @@ class ModelConfig:
 
 @dataclass
 class NextLatConfig:
-    objective: str = _key("nextlat", "nextlat | ntp (plain next-token baseline: no ψ)")
+    objective: str = _key("nextlat", "nextlat | ntp (plain next-token baseline: no ψ) | mtp "
+                                     "(multi-token prediction, Gloeckle et al. 2024: no ψ)")
     horizon: int = _key(1, "d, the latent rollout steps of ψ")
     lambda_latent: float = _key(1.0, "λ_h, weight of the SmoothL1 latent term")
     lambda_kl: float = _key(1.0, "λ_KL, weight of the KL term through the frozen LM head")
@@ -89,6 +90,10 @@ class NextLatConfig:
                                               "(CE and KL always mask them)")
     kl_chunk_tokens: int = _key(1024, "tokens decoded through the frozen head at once: bounds "
                                       "the KL's memory, not a modelling choice")
+    mtp_heads: int = _key(2, "mtp: n output heads, head k predicting x_{t+k}; head 1 is the "
+                             "trunk's last layer, heads 2..n one extra layer each")
+    mtp_recompute_heads: bool = _key(True, "mtp: keep one extra head's logits at a time "
+                                           "(each head's forward is recomputed in backward)")
 
 
 @dataclass
@@ -222,6 +227,11 @@ class Config:
         return n.objective == "nextlat" and (n.lambda_latent > 0 or n.lambda_kl > 0)
 
     @property
+    def mtp_heads(self) -> int:
+        """n, the output heads: `nextlat.mtp_heads` for the MTP objective, else 1."""
+        return self.nextlat.mtp_heads if self.nextlat.objective == "mtp" else 1
+
+    @property
     def psi_width(self) -> int:
         return self.nextlat.psi_width or psi_width(self.model.hidden_size,
                                                    self.nextlat.proj_factor)
@@ -240,7 +250,8 @@ class Config:
             vocab_size=m.vocab_size or vocab_size,
             max_position_embeddings=self.max_position_embeddings,
             tie_embeddings=m.tie_embeddings, rotary_base=m.rotary_base, norm_eps=m.norm_eps,
-            psi_width=self.psi_width if self.uses_psi else 0)
+            psi_width=self.psi_width if self.uses_psi else 0,
+            mtp_heads=self.mtp_heads)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -432,7 +443,7 @@ def save_config(cfg: Config, path: Path) -> None:
 
 _CHOICES = {
     "model.attention_backend": ("auto", "sdpa", "flash", "local", "te"),
-    "nextlat.objective": ("nextlat", "ntp"),
+    "nextlat.objective": ("nextlat", "ntp", "mtp"),
     "train.lr_schedule": ("cosine", "wsd", "constant"),
     "train.optimizer": ("adamw", "sgd"),
     "train.compile": ("auto", "true", "false"),
@@ -543,6 +554,13 @@ def _check_nextlat(cfg: Config) -> None:
             f"nextlat.proj_factor={n.proj_factor} gives ψ width 0 for model.hidden_size="
             f"{m.hidden_size}; raise proj_factor or set nextlat.psi_width"
         )
+    if n.objective == "mtp":
+        if n.mtp_heads < 1:
+            raise ConfigError(f"nextlat.mtp_heads must be at least 1 (got {n.mtp_heads}); "
+                              f"the paper uses 2 to 8, 1 is plain next-token prediction")
+        if n.mtp_heads >= m.seq_len:
+            raise ConfigError(f"nextlat.mtp_heads={n.mtp_heads} must be smaller than "
+                              f"model.seq_len={m.seq_len}")
 
 
 def _check_layout(cfg: Config, world_size: int) -> None:
@@ -682,4 +700,6 @@ def weight_shape(cfg: Config) -> dict[str, Any]:
     }
     if cfg.uses_psi:
         shape["nextlat.psi_width"] = cfg.psi_width
+    if cfg.mtp_heads > 1:
+        shape["nextlat.mtp_heads"] = cfg.mtp_heads
     return shape

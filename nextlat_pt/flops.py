@@ -1,4 +1,4 @@
-"""FLOP accounting for NTP and NextLat training (docs/method.md §2, §3, §8).
+"""FLOP accounting for NTP, NextLat and MTP training (docs/method.md §2, §3, §7, §8).
 
 Everything here is analytic: a function of the `ModelSpec`, the sequence length T and the
 rollout horizon d. Counts are **per token of training** (forward + backward), for the whole
@@ -42,7 +42,16 @@ kl_head = 4 · D · V · Σ_{i=1..d} (T − i)/T      (0 when the KL term is off
     The student logits ĥ·Wᵀ through the frozen LM head at each rollout step: forward 2·D·V,
     backward the input gradient only, 2·D·V (the head is detached: no weight gradient).
 
-total = trunk_matmul + attention + psi + kl_head
+mtp_heads = (n_h − 1) · (6 · P_layer + 6 · V·D + 6 · D · (T + 1))
+    Multi-token prediction with n_h heads (`ModelSpec.mtp_heads`; head 1 is the trunk's last
+    layer, already in the trunk): each extra head is one more transformer layer over every
+    position (P_layer its matmul weights, plus its causal attention) and one more LM-head
+    product. Its CE covers T − k + 1 positions, but the layer and the logits are computed for
+    all T. With `nextlat.mtp_recompute_heads` (the default) the hardware also runs each extra
+    head's forward a second time in backward, a third of this term more; like the layers'
+    recomputation below, that is not counted.
+
+total = trunk_matmul + attention + psi + kl_head + mtp_heads
 
 Neglected (state of the accounting, not of the cost on every machine)
 ---------------------------------------------------------------------
@@ -64,7 +73,8 @@ also holds a copy of the input embedding for ψ (untied) or of the tied head; th
 replicas, not counted here.
 
 The NextLat/NTP ratio is total(NextLat, d) / total(NTP) on the same trunk; see
-`nextlat_to_ntp_ratio` and `FlopsBreakdown.ratio_to`.
+`nextlat_to_ntp_ratio` and `FlopsBreakdown.ratio_to` (MTP: the spec with `mtp_heads` = n_h
+against the same spec with 1).
 """
 
 from __future__ import annotations
@@ -82,11 +92,13 @@ class FlopsBreakdown:
     attention: float
     psi: float = 0.0
     kl_head: float = 0.0
+    mtp_heads: float = 0.0
     total: float = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "total", self.trunk_matmul + self.attention + self.psi + self.kl_head
+            self, "total",
+            self.trunk_matmul + self.attention + self.psi + self.kl_head + self.mtp_heads
         )
 
     @property
@@ -152,9 +164,10 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
     """Analytic parameter counts of `NextLatGPT(spec)`, whole model (all TP shards).
 
     Keys: `embedding` (V·D), `head` (V·D, 0 when tied: it is the embedding),
-    `blocks` (the L layers and the final norm), `trunk` (everything but ψ: embedding + blocks
-    + head), `psi` (2D norm + 2D·H + H·H + H·D, 0 without ψ), `total`. At TP=1 `trunk`,
-    `psi` and `total` equal `nextlat_pt.model.gpt.count_parameters(NextLatGPT(spec))`.
+    `blocks` (the L layers and the final norm), `trunk` (everything but ψ and the extra MTP
+    heads: embedding + blocks + head), `psi` (2D norm + 2D·H + H·H + H·D, 0 without ψ),
+    `mtp_heads` (n_h − 1 layers), `total`. At TP=1 `trunk`, `psi`, `mtp_heads` and `total`
+    equal `nextlat_pt.model.gpt.count_parameters(NextLatGPT(spec))`.
     """
     _check_spec(spec)
     d = spec.hidden_size
@@ -165,6 +178,7 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
     embedding = vocab * d
     head = 0 if spec.tie_embeddings else vocab * d
     psi = 2 * d + psi_matmul_parameters(spec) if spec.psi_width > 0 else 0
+    mtp_heads = (spec.mtp_heads - 1) * (attention + mlp + norms)
     trunk = embedding + blocks + head
     return {
         "embedding": embedding,
@@ -172,7 +186,8 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
         "blocks": blocks,
         "trunk": trunk,
         "psi": psi,
-        "total": trunk + psi,
+        "mtp_heads": mtp_heads,
+        "total": trunk + psi + mtp_heads,
     }
 
 
@@ -192,7 +207,8 @@ def attention_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True
 
 def flops_per_token(spec: ModelSpec, seq_len: int, horizon: int, nextlat: bool,
                     with_kl: bool = True) -> FlopsBreakdown:
-    """Training FLOPs per token for NTP (`nextlat=False`) or NextLat with horizon d.
+    """Training FLOPs per token for NTP (`nextlat=False`) or NextLat with horizon d; the
+    spec's extra MTP heads (`mtp_heads` > 1) are counted in either case.
 
     For NextLat the spec must have ψ (`psi_width > 0`); `with_kl=False` is λ_KL = 0 (the KL
     rollout is skipped). For NTP `horizon` is ignored.
@@ -200,8 +216,11 @@ def flops_per_token(spec: ModelSpec, seq_len: int, horizon: int, nextlat: bool,
     _check_spec(spec)
     trunk = 6.0 * trunk_matmul_parameters(spec)
     attention = attention_flops_per_token(spec, seq_len, causal=True)
+    mtp = (spec.mtp_heads - 1) * (
+        6.0 * (sum(_block_matmul_parameters(spec)) + padded_vocab(spec) * spec.hidden_size)
+        + attention / spec.num_layers)
     if not nextlat:
-        return FlopsBreakdown(trunk_matmul=trunk, attention=attention)
+        return FlopsBreakdown(trunk_matmul=trunk, attention=attention, mtp_heads=mtp)
     if spec.psi_width <= 0:
         raise ValueError("NextLat FLOPs need ψ: the spec has psi_width=0")
     if horizon < 1:

@@ -24,12 +24,16 @@ w = 2 (bf16) or 4 (fp32) bytes per element):
   s·b·(8h + 4H/TP)·w (the concatenation's norm input and output and fc1's input, four
   H-wide hidden activations, ĥ and the KL's gradient to ĥ), and one step's worth of
   gradients in backward.
+  MTP's extra heads (n_h − 1 layers on the last stage): with the heads recomputed in
+  backward (`nextlat.mtp_recompute_heads`) one layer's full set, the head being
+  back-propagated; without, each head's full set.
 - logits and loss on the last stage: the logits s·b·V/TP·w, which the chunked CE
   (`model/vocab_parallel.py`) overwrites with their gradient, plus its fp32 chunk buffers
   (CE_CHUNK_BUFFERS × 1024 × V/TP); NextLat keeps the logits as the KL's teacher, so its
   CE writes the gradient to a second s·b·V/TP·w buffer, and adds the KL's working set,
   three fp32 buffers of kl_chunk_tokens × V/TP (`model/frozen_head_kl.py`: bounded by the
-  chunk, not by d).
+  chunk, not by d). MTP adds one more s·b·V/TP·w per extra head alive at once: one with the
+  heads recomputed, n_h − 1 without.
 
 It ignores allocator fragmentation, communication buffers and the CUDA context (~0.5–1 GB on
 a GPU); compare it with the measured peak (benchmarks report the ratio).
@@ -84,10 +88,11 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
                     zero_stage: int, horizon: int = 0, optimizer: str = "adamw",
                     bf16: bool = False,
                     kl_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                    grad_accum_dtype: str = "fp32") -> MemoryEstimate:
+                    grad_accum_dtype: str = "fp32",
+                    mtp_recompute_heads: bool = True) -> MemoryEstimate:
     """The estimate for one rank of a `spec.tp` × `spec.pp` × `dp` layout (see module doc).
 
-    `horizon` is NextLat's d (0: next-token only, no ψ)."""
+    `horizon` is NextLat's d (0: next-token only, no ψ); MTP's heads come from the spec."""
     w = 2 if bf16 else 4
     counts = parameter_counts(spec)
     params = counts["total"] / (spec.tp * spec.pp)
@@ -114,4 +119,8 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
         psi_step = tokens * (8 * spec.hidden_size + 4 * spec.psi_width / spec.tp) * w
         activations += psi_step * (horizon + 1)  # + the gradients of the step in backward
         logits += KL_CHUNK_BUFFERS * min(kl_chunk_tokens, tokens) * vocab * 4
+    extra_heads = spec.mtp_heads - 1
+    heads_alive = min(extra_heads, 1) if mtp_recompute_heads else extra_heads
+    activations += full_layer * heads_alive
+    logits += tokens * vocab * w * heads_alive
     return MemoryEstimate(weights, gradients, opt, activations, logits)

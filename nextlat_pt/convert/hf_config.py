@@ -22,9 +22,9 @@ def shape_from_config(cfg: Config, vocab_size: int) -> ModelShape:
     if m.hidden_size % m.num_heads:
         raise ConvertError(f"model.hidden_size={m.hidden_size} is not divisible by "
                            f"model.num_heads={m.num_heads}")
-    # NextLatGPT hands megatron int(rotary_base): export what the model computes. ψ is not
-    # part of a Llama.
-    return dataclasses.replace(cfg.model_shape(vocab_size), psi_width=0,
+    # NextLatGPT hands megatron int(rotary_base): export what the model computes. ψ and
+    # MTP's extra heads are not part of a Llama.
+    return dataclasses.replace(cfg.model_shape(vocab_size), psi_width=0, mtp_heads=1,
                                rotary_base=float(int(m.rotary_base)))
 
 

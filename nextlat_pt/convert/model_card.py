@@ -14,7 +14,8 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def model_card(info: dict[str, Any], training_config: dict[str, Any], has_psi: bool) -> str:
+def model_card(info: dict[str, Any], training_config: dict[str, Any], has_psi: bool,
+               mtp_heads: int = 1) -> str:
     """Markdown with YAML front matter; `info` is what nextlat_export.json records."""
     metrics = info.get("last_metrics") or {}
     losses = {k: metrics[k] for k in ("loss", "ce", "latent", "kl", "val_ce")
@@ -83,6 +84,18 @@ def model_card(info: dict[str, Any], training_config: dict[str, Any], has_psi: b
             "`nextlat_dynamics.safetensors` holds ψ, the model that learned to predict the "
             "transformer's next final hidden state; `nextlat_dynamics.json` gives the formula "
             "and sizes. transformers does not load it; the LM works without it.",
+            "",
+        ]
+    if mtp_heads > 1:
+        lines += [
+            "## Multi-token prediction heads",
+            "",
+            f"Trained with {mtp_heads} output heads (Gloeckle et al., 2024); head k predicts "
+            "the k-th next token. The Llama here is the trunk with head 1 (the usual "
+            "next-token model). `mtp_heads.safetensors` holds heads 2 .. n, one decoder layer "
+            "each, reading the input of the Llama's last layer and decoded through its norm "
+            "and LM head; `mtp_heads.json` says how. transformers does not load them; the LM "
+            "works without them.",
             "",
         ]
     lines += [

@@ -32,6 +32,7 @@ from nextlat_pt.convert.hf_config import llama_config, shape_from_config
 from nextlat_pt.convert.hf_tokenizer import check_parity, probe_texts, save_hf_tokenizer
 from nextlat_pt.convert.megatron_reader import MegatronCheckpointReader
 from nextlat_pt.convert.model_card import model_card
+from nextlat_pt.convert.mtp_file import export_mtp_heads, head_count
 from nextlat_pt.convert.out_dir import finish_out_dir, prepare_out_dir
 from nextlat_pt.convert.psi_file import psi_config, save_psi
 from nextlat_pt.convert.safetensors_writer import TensorGroup, write_safetensors
@@ -59,8 +60,10 @@ class ExportResult:
 
 
 def _check_architecture(reader: MegatronCheckpointReader, shape: ModelShape) -> None:
-    """The saved tensors must be exactly a Llama of `shape` (+ ψ): refuse anything else."""
-    extra = sorted(k for k in reader.keys() if k not in _KNOWN)
+    """The saved tensors must be exactly a Llama of `shape` (+ ψ, + MTP heads): refuse
+    anything else."""
+    extra = sorted(k for k in reader.keys()
+                   if k not in _KNOWN and not k.startswith("mtp_heads.layers."))
     if extra:
         raise ConvertError(f"unsupported architecture: the checkpoint has tensors with no "
                            f"Llama counterpart: {', '.join(extra[:5])}"
@@ -208,9 +211,13 @@ def export_to_hf(src: str | Path, out_dir: str | Path, *, dtype: str = "auto",
             width = psi["fc1.weight"].shape[0]
             save_psi(tmp, {k: v.to(out_dtype) for k, v in psi.items()},
                      psi_config(ckpt.config, width))
+        heads = head_count(reader.keys())
+        if heads > 1:  # beside the Llama (trunk + head 1), as ψ is
+            export_mtp_heads(reader, shape, heads, out_dtype, tmp)
         info = _export_info(ckpt, shape, num_parameters, sp)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(info, ckpt.config.to_dict(), has_psi))
+        (tmp / "README.md").write_text(model_card(info, ckpt.config.to_dict(), has_psi,
+                                                  mtp_heads=heads))
         finish_out_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,6 +36,7 @@ from nextlat_pt.convert import llama_mapping as lm
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.convert.hf_config import model_overrides, shape_from_llama
 from nextlat_pt.convert.hf_weights import HFWeights
+from nextlat_pt.convert.mtp_file import load_mtp_heads
 from nextlat_pt.convert.out_dir import finish_out_dir, prepare_out_dir
 from nextlat_pt.convert.psi_file import load_psi
 from nextlat_pt.convert.to_hf import EXPORT_INFO
@@ -122,6 +123,18 @@ def build_config(hf_dir: Path, shape: ModelShape, overrides: list[str], out_dir:
     return cfg
 
 
+def _layer_state(prefix: str, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One decoder layer's tensors (keyed as `llama_mapping.LAYER_KEYS`) under our parameter
+    names, starting with `prefix`."""
+    return {prefix + name: ours[key] for key, name in (
+        ("input_norm", "input_layernorm.weight"),
+        ("qkv", "self_attention.linear_qkv.weight"),
+        ("proj", "self_attention.linear_proj.weight"),
+        ("mlp_norm", "pre_mlp_layernorm.weight"),
+        ("fc1", "mlp.linear_fc1.weight"),
+        ("fc2", "mlp.linear_fc2.weight"))}
+
+
 def _state_dict_from_hf(weights: HFWeights, shape: ModelShape, padded_vocab: int
                         ) -> dict[str, torch.Tensor]:
     """Our TP=1 parameter names -> tensors."""
@@ -132,13 +145,7 @@ def _state_dict_from_hf(weights: HFWeights, shape: ModelShape, padded_vocab: int
         hf = {n: weights.get(n) for n in names.values()}
         ours = lm.hf_layer_to_megatron(i, hf, shape.num_heads, shape.num_query_groups,
                                        shape.head_dim)
-        p = f"gpt.decoder.layers.{i}."
-        d[p + "input_layernorm.weight"] = ours["input_norm"]
-        d[p + "self_attention.linear_qkv.weight"] = ours["qkv"]
-        d[p + "self_attention.linear_proj.weight"] = ours["proj"]
-        d[p + "pre_mlp_layernorm.weight"] = ours["mlp_norm"]
-        d[p + "mlp.linear_fc1.weight"] = ours["fc1"]
-        d[p + "mlp.linear_fc2.weight"] = ours["fc2"]
+        d.update(_layer_state(f"gpt.decoder.layers.{i}.", ours))
     d["gpt.decoder.final_layernorm.weight"] = weights.get("model.norm.weight")
     if not shape.tie_embeddings:
         d["gpt.output_layer.weight"] = lm.pad_vocab(weights.get("lm_head.weight"), padded_vocab)
@@ -162,9 +169,22 @@ def _check_hf_names(weights: HFWeights, shape: ModelShape) -> None:
                            f"{', '.join(extra[:4])}{' …' if len(extra) > 4 else ''}")
 
 
+def _mtp_state(hf_dir: Path, shape: ModelShape) -> dict[str, torch.Tensor]:
+    """The extra heads' tensors from the folder's mtp_heads.safetensors, as our state dict
+    names ({} when the folder has none: the heads stay freshly initialised)."""
+    heads = load_mtp_heads(hf_dir, shape) or {}
+    state = {}
+    for k, tensors in heads.items():
+        state.update(_layer_state(f"mtp_heads.layers.{k - 2}.",
+                                  {n: t.to(torch.float32) for n, t in tensors.items()}))
+    return state
+
+
 def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelShape,
-                 psi: tuple[dict[str, torch.Tensor], dict[str, Any]] | None):
-    """Our TP=1 model holding the folder's weights; ψ loaded or fresh. -> (model, ψ status)"""
+                 psi: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
+                 hf_dir: Path):
+    """Our TP=1 model holding the folder's weights; ψ loaded or fresh, MTP's extra heads (when
+    the config has them) loaded from mtp_heads.safetensors or fresh. -> (model, ψ status)"""
     from nextlat_pt.model.gpt import NextLatGPT
     from nextlat_pt.model_from_config import model_spec
 
@@ -183,6 +203,8 @@ def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelS
         if psi is not None:
             state.update({f"psi.{k}": v.to(torch.float32) for k, v in psi[0].items()})
             psi_status = "loaded"
+    if model.mtp_heads is not None:
+        state.update(_mtp_state(hf_dir, shape))
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     for key, tensor in state.items():
         if key not in own:
@@ -190,7 +212,8 @@ def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelS
         if tuple(own[key].shape) != tuple(tensor.shape):
             raise ConvertError(f"{key}: the folder's tensor has shape {tuple(tensor.shape)}, "
                                f"the model expects {tuple(own[key].shape)}")
-    not_set = sorted(k for k in own if k not in state and not k.startswith("psi."))
+    not_set = sorted(k for k in own if k not in state
+                     and not k.startswith(("psi.", "mtp_heads.")))
     if not_set:
         raise ConvertError(f"internal: parameters not converted: {not_set[:4]}")
     model.load_state_dict(state, strict=False)
@@ -221,7 +244,8 @@ def import_from_hf(hf_dir: str | Path, out_dir: str | Path, overrides: list[str]
     cfg = build_config(hf_dir, shape, list(overrides or []), out_dir, psi_width)
 
     with single_process_world(cfg.run.seed):
-        model, psi_status = _build_model(cfg, tokenizer.vocab_size, weights, shape, psi)
+        model, psi_status = _build_model(cfg, tokenizer.vocab_size, weights, shape, psi,
+                                         hf_dir)
 
     tmp = prepare_out_dir(out_dir, force)
     try:

@@ -197,9 +197,10 @@ def _run(args: argparse.Namespace) -> None:
 
     policy = _policy(args)
     weights = load_weights(args.model)
-    if policy is not None and weights.psi is None:
-        raise UsageError(f"{weights.description} has no ψ (a next-token model); speculative "
-                         f"decoding needs a NextLat model: drop --draft-len/--adaptive")
+    if policy is not None and not weights.can_draft:
+        raise UsageError(f"{weights.description} has no ψ and no MTP heads (a next-token "
+                         f"model); speculative decoding needs a NextLat or MTP model: drop "
+                         f"--draft-len/--adaptive")
     tokenizer = _tokenizer(args, weights)
     ids = _encode(tokenizer, prompts, weights.shape.max_position_embeddings,
                   args.max_new_tokens)

@@ -27,9 +27,10 @@ class KVCache:
     number of valid positions of each row."""
 
     def __init__(self, shape: ModelShape, batch: int, capacity: int, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
-        """Allocate for `batch` rows of up to `capacity` positions each."""
-        size = (shape.num_layers, batch, capacity, shape.num_query_groups, shape.head_dim)
+                 device: torch.device | str, layers: int | None = None) -> None:
+        """Allocate for `batch` rows of up to `capacity` positions each (`layers`: the
+        shape's, or more for MTP's extra heads)."""
+        size = (layers or shape.num_layers, batch, capacity, shape.num_query_groups, shape.head_dim)
         self.keys = torch.zeros(size, dtype=dtype, device=device)
         self.values = torch.zeros(size, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
@@ -67,8 +68,10 @@ class LlamaDecoder(nn.Module):
     (post-norm hidden [B, n, D], logits [B, n, V])."""
 
     def __init__(self, shape: ModelShape, tensors: dict[str, Tensor],
-                 dtype: torch.dtype = torch.float32) -> None:
-        """Build from Hugging Face Llama tensor names (vocabulary unpadded)."""
+                 dtype: torch.dtype = torch.float32,
+                 mtp_heads: list[dict[str, Tensor]] | None = None) -> None:
+        """Build from Hugging Face Llama tensor names (vocabulary unpadded); `mtp_heads`:
+        MTP's heads 2..n, one layer each, keyed as `llama_mapping.hf_layer_names`' keys."""
         super().__init__()
         self.shape = shape
         self.dtype = dtype
@@ -88,6 +91,12 @@ class LlamaDecoder(nn.Module):
             for key, name in names.items():
                 setattr(layer, key, take(name))
             self.layers.append(layer)
+        self.mtp_heads = nn.ModuleList()
+        for head in mtp_heads or []:
+            layer = nn.Module()
+            for key in lm.hf_layer_names(0):
+                setattr(layer, key, nn.Parameter(head[key].to(dtype), requires_grad=False))
+            self.mtp_heads.append(layer)
         head_dim = shape.head_dim
         # RoPE frequencies as megatron and HF compute them (fp32; the base is an integer).
         inv_freq = 1.0 / (shape.rotary_base ** (
@@ -101,7 +110,8 @@ class LlamaDecoder(nn.Module):
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty cache for `batch` rows of up to `capacity` positions."""
-        return KVCache(self.shape, batch, capacity, self.dtype, self.embed.device)
+        return KVCache(self.shape, batch, capacity, self.dtype, self.embed.device,
+                       layers=self.shape.num_layers + len(self.mtp_heads))
 
     def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos, sin: [B, 1, n, head_dim] for integer positions [B, n]."""
@@ -132,10 +142,29 @@ class LlamaDecoder(nn.Module):
             enable_gqa=s.num_query_groups != s.num_heads)
         return F.linear(out.transpose(1, 2).reshape(b, n, -1), layer.o)
 
+    def _layer(self, layer: nn.Module, index: int, x: Tensor, positions: Tensor, cos: Tensor,
+               sin: Tensor, cache: KVCache) -> Tensor:
+        """One pre-norm decoder layer (attention, then SwiGLU), residual stream in and out."""
+        eps = self.shape.norm_eps
+        h = _rms_norm(x, layer.input_norm, eps)
+        x = x + self._attention(layer, index, h, positions, cos, sin, cache)
+        h = _rms_norm(x, layer.mlp_norm, eps)
+        return x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up),
+                            layer.down)
+
     @torch.no_grad()
     def forward(self, tokens: Tensor, cache: KVCache) -> tuple[Tensor, Tensor]:
         """Append `tokens` [B, n] to each row of `cache`; return their post-norm hidden
         states [B, n, D] and logits [B, n, V]."""
+        hidden, logits, _ = self.forward_with_heads(tokens, cache)
+        return hidden, logits
+
+    @torch.no_grad()
+    def forward_with_heads(self, tokens: Tensor, cache: KVCache
+                           ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`forward`, plus MTP's heads 2..n on the last layer's input z: their logits
+        [B, n, heads − 1, V] (head k at position t predicts x_{t+k}), or None without heads.
+        Each head keeps its own cache (layers L, L+1, ...)."""
         b, n = tokens.shape
         if b != cache.batch:
             raise ValueError(f"{b} rows of tokens for a cache of {cache.batch} rows")
@@ -146,15 +175,20 @@ class LlamaDecoder(nn.Module):
         cos, sin = self._rope(positions)
         eps = self.shape.norm_eps
         x = F.embedding(tokens, self.embed)
+        trunk = x
         for i, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.input_norm, eps)
-            x = x + self._attention(layer, i, h, positions, cos, sin, cache)
-            h = _rms_norm(x, layer.mlp_norm, eps)
-            x = x + F.linear(F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up),
-                             layer.down)
+            trunk = x  # z: the last layer's input, what the MTP heads read
+            x = self._layer(layer, i, x, positions, cos, sin, cache)
+        heads = None
+        if len(self.mtp_heads):
+            first = len(self.layers)
+            heads = torch.stack([
+                F.linear(_rms_norm(self._layer(head, first + j, trunk, positions, cos, sin,
+                                               cache), self.final_norm, eps), self.head)
+                for j, head in enumerate(self.mtp_heads)], dim=2)
         cache.lengths = cache.lengths + n
         hidden = _rms_norm(x, self.final_norm, eps)
-        return hidden, F.linear(hidden, self.head)
+        return hidden, F.linear(hidden, self.head), heads
 
     def full_forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Hidden states and logits of whole sequences [B, T] in one pass, without a cache
@@ -197,3 +231,14 @@ class DecoderTarget:
     def truncate(self, lengths: Tensor) -> None:
         """Roll each row's cache back to lengths[b] positions."""
         self.cache.truncate(lengths)
+
+
+class MTPDecoderTarget(DecoderTarget):
+    """The target for MTP drafting: `extend` hands the speculative loop the heads' logits
+    [B, n, heads − 1, V] where the plain target hands the hidden states (the drafter's
+    state: `drafter.MTPDrafter`)."""
+
+    def extend(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Run `tokens` [B, n] after each row's cached prefix: (heads' logits, logits)."""
+        _, logits, heads = self.decoder.forward_with_heads(tokens, self.cache)
+        return heads, logits

@@ -1,4 +1,5 @@
-"""ψ as a plain PyTorch module, and the drafter built from it (docs/method.md §2, §6).
+"""ψ as a plain PyTorch module, and the drafter built from it (docs/method.md §2, §6); the
+drafter of MTP's heads (§7).
 
     ψ(h, e) = h + fc3 · GELU(fc2 · GELU(fc1 · RMSNorm([h ; e])))      (model/psi.py's math)
 
@@ -71,3 +72,23 @@ class Drafter:
         """(g_{j-1} [B, D], x_{t+j} [B]) -> (g_j [B, D], draft logits W g_j [B, V])."""
         state = self.psi(state, F.embedding(token, self.embedding))
         return state, F.linear(state, self.head)
+
+
+class MTPDrafter:
+    """MTP's heads 2..n as a drafter (Gloeckle et al.'s self-speculative decoding).
+
+    Its state is the heads' logits at the last true position t, [B, n − 1, V]
+    (`decoder.MTPDecoderTarget` hands them over): draft step j gives head j+1's logits, the
+    proposal for x_{t+j+1}. The heads read only x_≤t, so the drafted tokens do not feed
+    back; at most n − 1 drafts per cycle (`max_len`).
+    """
+
+    def __init__(self, heads: int) -> None:
+        """`heads`: n (the drafter proposes n − 1 tokens)."""
+        if heads < 2:
+            raise ValueError(f"MTP drafting needs at least 2 heads, got {heads}")
+        self.max_len = heads - 1
+
+    def step(self, state: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+        """(heads' logits left [B, m, V], x_{t+j} [B], unused) -> (the rest, the next)."""
+        return state[:, 1:], state[:, 0]

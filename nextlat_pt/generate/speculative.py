@@ -1,4 +1,5 @@
-"""Decoding with a KV cache: plain, or self-speculative with ψ drafting (docs/method.md §6).
+"""Decoding with a KV cache: plain, or self-speculative with ψ drafting (docs/method.md §6)
+or MTP's heads drafting (§7: `drafter.MTPDrafter`, whose state is the heads' logits).
 
 One loop serves both. Each row keeps: its KV cache over x_1..x_t, the TRUE post-norm hidden
 state h_t, and the next token x_{t+1}, already chosen exactly (sampled from p_t, or the
@@ -31,7 +32,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from nextlat_pt.generate.drafter import Drafter
+from nextlat_pt.generate.drafter import Drafter, MTPDrafter
 from nextlat_pt.generate.policies import DraftPolicy
 from nextlat_pt.generate.sampling import SamplingParams, choose, warp
 
@@ -163,7 +164,7 @@ class _Rows:
 
 
 def generate(target: TargetModel, prompts: list[list[int]], max_new_tokens: int,
-             sampling: SamplingParams, *, drafter: Drafter | None = None,
+             sampling: SamplingParams, *, drafter: Drafter | MTPDrafter | None = None,
              policy: DraftPolicy | None = None, generator: torch.Generator | None = None,
              eos_id: int | None = None) -> GenerationResult:
     """Continue each prompt by up to `max_new_tokens` tokens (fewer when it emits `eos_id`).
@@ -222,7 +223,8 @@ def generate(target: TargetModel, prompts: list[list[int]], max_new_tokens: int,
         chosen = _next_token(p, q, n_acc, n_draft, sampling, generator)
         keep = torch.where(active, n_acc + 1, torch.zeros_like(n_acc))
         target.truncate(target.lengths - inputs.shape[1] + keep)
-        state = torch.where(active.unsqueeze(1), hidden[index, n_acc], state)
+        live = active.view(-1, *[1] * (state.dim() - 1))
+        state = torch.where(live, hidden[index, n_acc], state)
         pending = torch.where(active, chosen, pending)
         _sync(device)
         stats.draft_s += t1 - t0
@@ -250,11 +252,13 @@ def generate(target: TargetModel, prompts: list[list[int]], max_new_tokens: int,
     return GenerationResult(rows.tokens, stats)
 
 
-def _draft(drafter: Drafter | None, policy: DraftPolicy | None, sampling: SamplingParams,
-           generator: torch.Generator | None, state: Tensor, pending: Tensor, active: Tensor,
-           remaining: list[int], vocab: int) -> tuple[Tensor, Tensor, Tensor]:
-    """ψ's drafts: tokens [B, k], their distributions q [B, k, V] and each row's count [B]
-    (k is the longest row's; a row's tokens beyond its count are padding)."""
+def _draft(drafter: Drafter | MTPDrafter | None, policy: DraftPolicy | None,
+           sampling: SamplingParams, generator: torch.Generator | None, state: Tensor,
+           pending: Tensor, active: Tensor, remaining: list[int],
+           vocab: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The drafter's (ψ's or MTP's heads') drafts: tokens [B, k], their distributions
+    q [B, k, V] and each row's count [B] (k is the longest row's; a row's tokens beyond its
+    count are padding)."""
     batch, device = pending.shape[0], pending.device
     n_draft = torch.zeros(batch, dtype=torch.long, device=device)
     if drafter is None or policy is None:
@@ -265,6 +269,8 @@ def _draft(drafter: Drafter | None, policy: DraftPolicy | None, sampling: Sampli
     budget = torch.tensor(remaining, device=device) - 1
     allowed = torch.where(active, torch.minimum(policy.lengths(), budget),
                           torch.zeros_like(budget)).clamp_min(0)
+    if getattr(drafter, "max_len", None) is not None:  # MTP: n − 1 heads to draft from
+        allowed = allowed.clamp_max(drafter.max_len)
     tokens, dists = [], []
     going = allowed > 0
     token, g = pending, state

@@ -1,14 +1,16 @@
-"""The model `generate` decodes, as Hugging Face Llama tensors plus ψ, from either source:
+"""The model `generate` decodes, as Hugging Face Llama tensors plus ψ or MTP's extra heads,
+from either source:
 
 - one of our checkpoints (a step, checkpoints or run directory): read in memory through the
-  exporter's streaming reader (`convert.to_hf.hf_state_dict`), ψ from the same files;
+  exporter's streaming reader (`convert.to_hf.hf_state_dict`), ψ and the heads from the same
+  files;
 - a Hugging Face export folder: its safetensors, config.json and, when present,
-  `nextlat_dynamics.safetensors` (ψ).
+  `nextlat_dynamics.safetensors` (ψ) or `mtp_heads.safetensors` (heads 2..n).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ from torch import Tensor
 
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.data.tokenizer import MODEL_FILE_NAME
-from nextlat_pt.generate.decoder import DecoderTarget, LlamaDecoder
-from nextlat_pt.generate.drafter import Drafter, Psi
+from nextlat_pt.generate.decoder import DecoderTarget, LlamaDecoder, MTPDecoderTarget
+from nextlat_pt.generate.drafter import Drafter, MTPDrafter, Psi
 from nextlat_pt.model.shape import ModelShape
 
 
@@ -33,11 +35,17 @@ class ModelWeights:
     tokenizer_path: Path | None  # the sentencepiece model beside the weights, if found
     tokenizer_fingerprint: str | None  # what the model was trained with, if recorded
     description: str
+    mtp_heads: list[dict[str, Tensor]] = field(default_factory=list)  # MTP heads 2..n
+
+    @property
+    def can_draft(self) -> bool:
+        """ψ or MTP's extra heads are there to draft with."""
+        return self.psi is not None or bool(self.mtp_heads)
 
     def decoder(self, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu") -> LlamaDecoder:
-        """The transformer as an inference decoder."""
-        return LlamaDecoder(self.shape, self.tensors, dtype).to(device)
+        """The transformer as an inference decoder (with the MTP heads, if any)."""
+        return LlamaDecoder(self.shape, self.tensors, dtype, self.mtp_heads).to(device)
 
     def drafter(self, decoder: LlamaDecoder) -> Drafter:
         """ψ with the decoder's input embedding and LM head (ConvertError without ψ)."""
@@ -52,7 +60,12 @@ class ModelWeights:
 def target_and_drafter(weights: ModelWeights, dtype: torch.dtype = torch.float32,
                        device: torch.device | str = "cpu", with_drafter: bool = True
                        ) -> tuple[DecoderTarget, Drafter | None]:
-    """Our decoder as a target model, and ψ's drafter when asked for."""
+    """Our decoder as a target model, and ψ's drafter when asked for; without ψ, MTP's
+    heads 2..n draft (the target then hands their logits to the drafter)."""
+    if with_drafter and weights.psi is None and weights.mtp_heads:
+        decoder = weights.decoder(dtype, device)
+        return MTPDecoderTarget(decoder), MTPDrafter(1 + len(weights.mtp_heads))
+    weights = replace(weights, mtp_heads=[])  # no MTP drafting: the heads are not run
     decoder = weights.decoder(dtype, device)
     return DecoderTarget(decoder), weights.drafter(decoder) if with_drafter else None
 
@@ -73,6 +86,7 @@ def _from_checkpoint(path: Path) -> ModelWeights:
     from nextlat_pt.convert import llama_mapping as lm
     from nextlat_pt.convert.hf_config import shape_from_config
     from nextlat_pt.convert.megatron_reader import MegatronCheckpointReader
+    from nextlat_pt.convert.mtp_file import heads_from_checkpoint
     from nextlat_pt.convert.source import open_checkpoint
     from nextlat_pt.convert.to_hf import hf_state_dict
 
@@ -85,7 +99,9 @@ def _from_checkpoint(path: Path) -> ModelWeights:
         psi = reader.read({name: (key, None) for name, key in lm.PSI_KEYS.items()})
         psi = {k: v.to(torch.float32) for k, v in psi.items()}
     recorded = ckpt.state["tokenizer"]
-    return ModelWeights(shape=shape, tensors=tensors, psi=psi,
+    heads = [{k: v.to(torch.float32) for k, v in head.items()}
+             for head in heads_from_checkpoint(reader, shape)]
+    return ModelWeights(shape=shape, tensors=tensors, psi=psi, mtp_heads=heads,
                         psi_norm_eps=ckpt.config.model.norm_eps,
                         tokenizer_path=ckpt.tokenizer_file(),
                         tokenizer_fingerprint=recorded.get("fingerprint"),
@@ -97,6 +113,7 @@ def _from_hf(hf_dir: Path) -> ModelWeights:
 
     from nextlat_pt.convert.hf_config import shape_from_llama
     from nextlat_pt.convert.hf_weights import HFWeights
+    from nextlat_pt.convert.mtp_file import heads_from_export
     from nextlat_pt.convert.psi_file import load_psi
 
     try:
@@ -115,8 +132,10 @@ def _from_hf(hf_dir: Path) -> ModelWeights:
     if psi is not None:
         psi = {k: v.to(torch.float32) for k, v in psi.items()}
     tokenizer = hf_dir / MODEL_FILE_NAME
+    heads = [{k: v.to(torch.float32) for k, v in head.items()}
+             for head in heads_from_export(hf_dir)]
     return ModelWeights(
-        shape=shape, tensors=tensors, psi=psi,
+        shape=shape, tensors=tensors, psi=psi, mtp_heads=heads,
         psi_norm_eps=float(psi_config.get("norm_eps", shape.norm_eps)),
         tokenizer_path=tokenizer if tokenizer.is_file() else None,
         tokenizer_fingerprint=_export_fingerprint(hf_dir),

@@ -23,7 +23,8 @@ from torch import Tensor
 from nextlat_pt.model.attention import resolve_backend
 from nextlat_pt.model.init import init_weights
 from nextlat_pt.model.kernels import install_rope_kernel
-from nextlat_pt.model.layer_spec import block_spec
+from nextlat_pt.model.layer_spec import block_spec, layer_spec
+from nextlat_pt.model.mtp_heads import MTPHeads
 from nextlat_pt.model.psi import LatentDynamics
 from nextlat_pt.model.shape import ModelShape
 
@@ -117,6 +118,8 @@ class ModelOutput(NamedTuple):
     hidden: Tensor  # h: [T, B, D] final post-norm hidden states (or the stage's output)
     logits: Tensor | None = None  # [T, B, V/tp], vocab-parallel
     input_embeddings: Tensor | None = None  # E(x_t): [T, B, D], only when ψ exists
+    trunk: Tensor | None = None  # z: the last layer's input [T, B, D], only with MTP heads
+    rotary_pos_emb: Tensor | None = None  # the RoPE table the MTP heads' layers read
 
 
 def embedding_lookup(weight: Tensor, input_ids: Tensor) -> Tensor:
@@ -180,6 +183,13 @@ class NextLatGPT(MegatronModule):
                     self.padded_vocab_size, spec.hidden_size, init_method=config.init_method,
                     config=config, reduce_scatter_embeddings=False,
                 )
+        self.mtp_heads = None
+        self._trunk: list[Tensor] = []  # z, caught on its way into the last layer
+        if post_process and spec.mtp_heads > 1:
+            self.mtp_heads = MTPHeads(config, layer_spec(config, self.attention_backend),
+                                      spec.mtp_heads - 1, vp_stage=vp_stage)
+            self.gpt.decoder.layers[-1].register_forward_pre_hook(self._catch_trunk,
+                                                                  with_kwargs=True)
         init_weights(self, spec.init_seed, spec.init_std, spec.num_layers)
         for param in self.embedding_group_params():
             if not pre_process:
@@ -188,6 +198,25 @@ class NextLatGPT(MegatronModule):
                 param.ds_pipe_replicated = True
         if self.psi is not None and spec.psi_zero_init:
             torch.nn.init.zeros_(self.psi.fc3.weight)  # ψ starts as the identity map
+
+    def _catch_trunk(self, layer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of the last decoder layer (head 1): keep its input z for the
+        other heads. Only inside `forward` (not when a backward pass recomputes the layer);
+        the tensor still carries its graph under full recompute, whose checkpoints run the
+        layers without grad but on their original inputs."""
+        if self._trunk and self._trunk[0] is None:
+            self._trunk[0] = kwargs.get("hidden_states", args[0] if args else None)
+
+    def head_logits(self, k: int, trunk: Tensor, rotary_pos_emb: Tensor | None) -> Tensor:
+        """MTP head k >= 2 on the trunk output z: W · Norm(f_hk(z)), vocab-parallel
+        [T, B, V/tp] (the shared final norm and LM head, as head 1 uses them)."""
+        hidden = self.mtp_heads(k, trunk, rotary_pos_emb)
+        hidden = self.gpt.decoder.final_layernorm(hidden)
+        output_weight = (
+            self.gpt.shared_embedding_or_output_weight() if self.spec.tie_embeddings else None
+        )
+        logits, _ = self.gpt.output_layer(hidden, weight=output_weight)
+        return logits
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (),
                            metadata: dict | None = None) -> dict:
@@ -243,9 +272,12 @@ class NextLatGPT(MegatronModule):
         decoder_input, rotary_pos_emb, *_ = self.gpt._preprocess(
             input_ids=input_ids, position_ids=position_ids
         )
+        if self.mtp_heads is not None:
+            self._trunk = [None]
         hidden = self.gpt.decoder(
             hidden_states=decoder_input, attention_mask=None, rotary_pos_emb=rotary_pos_emb
         )
+        trunk, self._trunk = (self._trunk or [None])[0], []
         if not self.post_process:
             return ModelOutput(hidden=hidden)
         output_weight = (
@@ -261,11 +293,17 @@ class NextLatGPT(MegatronModule):
                 hidden = tensor_parallel.gather_from_sequence_parallel_region(
                     hidden, tensor_parallel_output_grad=False
                 )
-        return ModelOutput(hidden=hidden, logits=logits, input_embeddings=embeddings)
+        return ModelOutput(hidden=hidden, logits=logits, input_embeddings=embeddings,
+                           trunk=trunk, rotary_pos_emb=rotary_pos_emb if trunk is not None
+                           else None)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Local parameter counts: trunk (everything but ψ) and ψ."""
-    psi = sum(p.numel() for n, p in model.named_parameters() if "psi" in n.split("."))
+    """Local parameter counts: trunk (everything but ψ and the extra MTP heads), ψ, and the
+    extra MTP heads."""
+    def count(part: str) -> int:
+        return sum(p.numel() for n, p in model.named_parameters() if part in n.split("."))
+
+    psi, heads = count("psi"), count("mtp_heads")
     total = sum(p.numel() for p in model.parameters())
-    return {"trunk": total - psi, "psi": psi, "total": total}
+    return {"trunk": total - psi - heads, "psi": psi, "mtp_heads": heads, "total": total}

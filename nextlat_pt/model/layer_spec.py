@@ -61,6 +61,16 @@ def _te_block_spec(config: TransformerConfig) -> ModuleSpec:
     return get_gpt_layer_with_transformer_engine_spec()
 
 
+def layer_spec(config: TransformerConfig, attention: str) -> ModuleSpec:
+    """One decoder layer's spec (the MTP heads are built from it, like the trunk's layers).
+
+    `attention` is a resolved backend: sdpa, flash, local or te.
+    """
+    if attention == "te":
+        return _te_block_spec(config)
+    return _local_layer_spec(attention)
+
+
 def block_spec(config: TransformerConfig, attention: str, vp_stage: int | None = None,
                pp_rank: int | None = None) -> ModuleSpec | TransformerBlockSubmodules:
     """The decoder spec for `GPTModel(transformer_layer_spec=...)` on this pipeline stage.
@@ -69,7 +79,7 @@ def block_spec(config: TransformerConfig, attention: str, vp_stage: int | None =
     """
     if attention == "te":
         return _te_block_spec(config)
-    layer = _local_layer_spec(attention)
+    layer = layer_spec(config, attention)
     num_layers = get_num_layers_to_build(config, vp_stage, pp_rank)
     return ModuleSpec(
         module=TransformerBlock,

@@ -24,7 +24,7 @@ CE logits themselves plus the CE's log-normaliser per token.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,7 @@ class LossTerms:
     ce: Tensor
     latent: Tensor | None = None
     kl: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)  # further named terms (MTP heads)
 
     def as_dict(self) -> dict[str, Tensor]:
         """The detached terms that exist, keyed by their metric names.
@@ -72,7 +73,7 @@ class LossTerms:
             out["latent"] = self.latent
         if self.kl is not None:
             out["kl"] = self.kl
-        return out
+        return {**out, **self.extra}
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ class ModelShape:
     rotary_base: float = 10000.0
     norm_eps: float = 1e-5
     psi_width: int = 0  # 0: no ψ (the next-token objective)
+    mtp_heads: int = 1  # n output heads (multi-token prediction); 1: only the usual one
 
     @property
     def head_dim(self) -> int:

@@ -7,6 +7,7 @@ from megatron.core import parallel_state as ps
 
 from nextlat_pt.config import Config
 from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
+from nextlat_pt.model.mtp_loss import MTPLossConfig
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig
 from nextlat_pt.model_from_config import model_spec
 from nextlat_pt.parallel.deepspeed_engine import build_engine, no_sync_func
@@ -18,8 +19,11 @@ from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.train_module import NextLatTrainModule
 
 
-def loss_config(cfg: Config) -> NextLatLossConfig | None:
-    """The NextLat loss settings, or None for the plain next-token objective."""
+def loss_config(cfg: Config) -> NextLatLossConfig | MTPLossConfig | None:
+    """The NextLat or MTP loss settings, or None for the plain next-token objective."""
+    if cfg.mtp_heads > 1:
+        return MTPLossConfig(heads=cfg.mtp_heads,
+                             recompute_heads=cfg.nextlat.mtp_recompute_heads)
     if not cfg.uses_psi:
         return None
     n = cfg.nextlat

@@ -36,8 +36,10 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The megatron decoder layers of a NextLatGPT (this pipeline stage's)."""
-    return list(model.gpt.decoder.layers)
+    """The megatron decoder layers of a NextLatGPT (this pipeline stage's, with the extra
+    MTP heads' layers on the last stage)."""
+    heads = list(model.mtp_heads.layers) if model.mtp_heads is not None else []
+    return list(model.gpt.decoder.layers) + heads
 
 
 def compile_layers(model: torch.nn.Module) -> int:

@@ -43,19 +43,24 @@ def describe_run(cfg: Config, layout: ParallelLayout, models: list[torch.nn.Modu
                              cfg.parallel.zero_stage, cfg.nextlat.horizon if cfg.uses_psi
                              else 0, cfg.train.optimizer, spec.params_dtype == torch.bfloat16,
                              kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens,
-                             grad_accum_dtype=cfg.precision.grad_accum_dtype)
+                             grad_accum_dtype=cfg.precision.grad_accum_dtype,
+                             mtp_recompute_heads=cfg.nextlat.mtp_recompute_heads)
     info = {
         "run dir": str(cfg.run_dir),
         "objective": cfg.nextlat.objective + (
             f" (d={cfg.nextlat.horizon}, λ_h={cfg.nextlat.lambda_latent}, "
-            f"λ_KL={cfg.nextlat.lambda_kl})" if cfg.uses_psi else ""),
+            f"λ_KL={cfg.nextlat.lambda_kl})" if cfg.uses_psi else "") + (
+            f" ({cfg.mtp_heads} heads)" if cfg.mtp_heads > 1 else ""),
         "parameters": f"trunk {whole['trunk']:,} ({whole['trunk'] / 1e6:.1f}M), "
-                      f"ψ {whole['psi']:,} ({whole['psi'] / 1e6:.1f}M); this rank: trunk "
-                      f"{counts['trunk']:,}, ψ {counts['psi']:,}",
+                      f"ψ {whole['psi']:,} ({whole['psi'] / 1e6:.1f}M)" + (
+                          f", MTP heads {whole['mtp_heads']:,}" if whole["mtp_heads"] else "")
+                      + f"; this rank: trunk {counts['trunk']:,}, ψ {counts['psi']:,}",
         "FLOPs per token": f"{flops.total / 1e9:.3f} GFLOP training (trunk matmuls "
                            f"{flops.trunk_matmul / 1e9:.3f}, attention "
                            f"{flops.attention / 1e9:.3f}, ψ {flops.psi / 1e9:.3f}, KL head "
-                           f"{flops.kl_head / 1e9:.3f}; nextlat_pt/flops.py)",
+                           f"{flops.kl_head / 1e9:.3f}" + (
+                               f", MTP heads {flops.mtp_heads / 1e9:.3f}"
+                               if flops.mtp_heads else "") + "; nextlat_pt/flops.py)",
         "memory estimate per rank": memory.describe(),
         "layout": _describe_layout(cfg, layout, engine),
         "attention": models[0].attention_backend,

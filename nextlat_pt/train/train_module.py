@@ -13,6 +13,7 @@ from megatron.core.enums import ModelType
 from torch import Tensor
 
 from nextlat_pt.model.gpt import NextLatGPT
+from nextlat_pt.model.mtp_loss import MTPLossConfig, mtp_loss
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig, next_token_loss, nextlat_loss
 
 
@@ -21,7 +22,8 @@ class NextLatTrainModule(torch.nn.Module):
 
     model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
 
-    def __init__(self, model: NextLatGPT, loss_cfg: NextLatLossConfig | None) -> None:
+    def __init__(self, model: NextLatGPT,
+                 loss_cfg: NextLatLossConfig | MTPLossConfig | None) -> None:
         super().__init__()
         self.model = model
         self.loss_cfg = loss_cfg
@@ -42,9 +44,20 @@ class NextLatTrainModule(torch.nn.Module):
         output = self.model(input_ids)
         if not self.model.post_process:
             return output.hidden
-        if self.loss_cfg is None or self.model.psi is None or self.ce_only:
+        if self.ce_only or (self.model.psi is None and output.trunk is None):
             ce = next_token_loss(output.logits, labels, loss_mask)
             return ce, {"loss": ce.detach().clone(), "ce": ce.detach().clone()}
+        if isinstance(self.loss_cfg, MTPLossConfig):
+            terms = mtp_loss(
+                logits=output.logits,
+                trunk=output.trunk,
+                head_logits=lambda k, z: self.model.head_logits(k, z, output.rotary_pos_emb),
+                labels=labels,
+                loss_mask=loss_mask,
+                doc_ids=doc_ids,
+                cfg=self.loss_cfg,
+            )
+            return terms.total, terms.as_dict()
         terms = nextlat_loss(
             hidden=output.hidden,
             logits=output.logits,

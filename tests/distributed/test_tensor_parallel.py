@@ -1,7 +1,8 @@
 """TP=2 on two gloo processes gives the TP=1 loss and gradients (gathered), to 1e-5.
 
 Covers the vocab-parallel CE and KL, ψ sharded like an MLP, SwiGLU's strided fc1, GQA, and
-tied embeddings (the LM head is then the vocab-parallel input embedding).
+tied embeddings (the LM head is then the vocab-parallel input embedding); and MTP's extra
+heads, sharded like the trunk's layers, under sequence parallelism.
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ from pathlib import Path
 import pytest
 import torch
 from launch import torchrun
-from tp_case import run_case
+from tp_case import CASES, run_case
 
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_tp2_matches_tp1(parallel_tp1, tmp_path, tied):
+# Cases that share one torchrun launch (a launch costs more than a case).
+LAUNCHES = {"untied_and_mtp3_sp": ("untied", "mtp3_sp"), "tied": ("tied",)}
+
+
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_tp2_matches_tp1(parallel_tp1, tmp_path, launch):
     out = tmp_path / "tp2.pt"
-    torchrun(HERE / "tp_worker.py", str(out), "1" if tied else "0")
-    tp2 = torch.load(out, weights_only=True)
-    tp1 = run_case(tp=1, tied=tied)
+    torchrun(HERE / "tp_worker.py", str(out), *LAUNCHES[launch])
+    results = torch.load(out, weights_only=True)
+    for name in LAUNCHES[launch]:
+        _assert_same(results[name], run_case(tp=1, **CASES[name]))
+
+
+def _assert_same(tp2: dict[str, torch.Tensor], tp1: dict[str, torch.Tensor]) -> None:
     assert tp1.keys() == tp2.keys()
     for key in tp1:
         if key.startswith("loss."):

@@ -75,7 +75,9 @@ def _results() -> dict:
 
     return {
         "steps": {"repeats": 20, "tokens_per_step": 1000,
-                  "rows": [step_row(0, 0.5, 1e9), step_row(1, 0.8, 1.5e9)],
+                  "rows": [step_row(0, 0.5, 1e9), step_row(1, 0.8, 1.5e9),
+                           dict(step_row(1, 0.7, 1.3e9), variant="MTP n=2", horizon=None,
+                                mtp_heads=2)],
                   "gemms_only": {"median_s": 0.2, "flops_per_step": 4e11, "times_s": [0.2],
                                  "ratio_paired_to_ntp": 0.41},
                   "reference": {
@@ -125,6 +127,9 @@ def test_rows_carry_the_ratios_of_every_section():
     assert by_name["NextLat d=1 / NTP step time"].ratio == pytest.approx(1.1)  # paired
     assert "ratio 1.600" in by_name["NextLat d=1 / NTP step time"].details  # of medians
     assert by_name["NextLat d=1 / NTP step time"].target == "FLOP ratio 1.500"
+    mtp = by_name["MTP n=2 / NTP step time"]  # beside NextLat's, not in its place
+    assert (mtp.ratio, mtp.target) == (pytest.approx(1.1), "FLOP ratio 1.300")
+    assert "medians 0.700 / 0.500" in mtp.details
     assert by_name["our NTP step / HF Llama + AdamW (NTP)"].ratio == 1.2
     assert "same function" in by_name["our NTP step / HF Llama + AdamW (NTP)"].details
     assert by_name["our NTP step / HF Llama + fused AdamW (NTP)"].ratio == 1.05

@@ -159,8 +159,8 @@ def test_load_errors_are_one_line_and_name_the_fix(overrides: list[str],
 # (overrides, world size, substrings). Each case changes only what its check needs, so that it
 # is the first check in validate() to fire.
 VALIDATE_ERRORS: dict[str, tuple[list[str], int, tuple[str, ...]]] = {
-    "choice_objective": (["nextlat.objective=mtp"], 1,
-                         ("nextlat.objective='mtp'", "is not one of nextlat, ntp")),
+    "choice_objective": (["nextlat.objective=jtp2"], 1,
+                         ("nextlat.objective='jtp2'", "is not one of nextlat, ntp, mtp")),
     "choice_wandb": (["logging.wandb=sometimes"], 1,
                      ("logging.wandb='sometimes'", "offline, online, disabled")),
     "choice_dtype": (["precision.dtype=fp16"], 1, ("precision.dtype='fp16'", "bf16")),
@@ -184,6 +184,10 @@ VALIDATE_ERRORS: dict[str, tuple[list[str], int, tuple[str, ...]]] = {
                      ("nextlat.horizon must be at least 1", "nextlat.objective=ntp")),
     "horizon_ge_seq_len": (["model.seq_len=8", "nextlat.horizon=8"], 1,
                            ("nextlat.horizon=8 must be smaller than model.seq_len=8",)),
+    "mtp_heads_zero": (["nextlat.objective=mtp", "nextlat.mtp_heads=0"], 1,
+                       ("nextlat.mtp_heads must be at least 1",)),
+    "mtp_heads_ge_seq_len": (["nextlat.objective=mtp", "model.seq_len=8", "nextlat.mtp_heads=8"],
+                             1, ("nextlat.mtp_heads=8 must be smaller than model.seq_len=8",)),
     "lambda_latent_negative": (["nextlat.lambda_latent=-0.5"], 1,
                                ("nextlat.lambda_latent must be >= 0", "-0.5")),
     "lambda_kl_negative": (["nextlat.lambda_kl=-1"], 1, ("nextlat.lambda_kl must be >= 0",)),

@@ -108,3 +108,57 @@ def test_psi_survives_the_round_trip_and_ntp_drops_it(sp_model, tmp_path, parall
     assert result.psi == "none"
     export_to_hf(tmp_path / "ckpt2", tmp_path / "export3", progress=False)
     assert not (tmp_path / "export3" / "nextlat_dynamics.safetensors").exists()
+
+
+def test_mtp_heads_go_beside_the_llama_and_come_back(sp_model, tmp_path, parallel_tp1):
+    """An MTP checkpoint exports the trunk with head 1 as the plain Llama (unchanged) and
+    heads 2..n in their own file, which an import of the export loads again exactly."""
+    hf_dir = tmp_path / "hf"
+    make_llama(hf_dir, sp_model, tied=False)
+    mtp = ["model.seq_len=64", "nextlat.objective=mtp", "nextlat.mtp_heads=3"]
+    import_from_hf(hf_dir, tmp_path / "ckpt", mtp)  # heads 2, 3 freshly initialised
+    export_to_hf(tmp_path / "ckpt", tmp_path / "export", progress=False)
+    original, llama = _tensors(hf_dir), _tensors(tmp_path / "export")
+    assert original.keys() == llama.keys()
+    assert all(torch.equal(original[k], llama[k]) for k in original)
+    heads = load_file(str(tmp_path / "export" / "mtp_heads.safetensors"))
+    assert {k.split(".")[0] for k in heads} == {"head2", "head3"}
+    assert heads["head2.self_attn.k_proj.weight"].shape == (32, 64)  # 2 kv groups × 16
+    assert not torch.equal(heads["head2.mlp.up_proj.weight"], heads["head3.mlp.up_proj.weight"])
+    assert json.loads((tmp_path / "export" / "mtp_heads.json").read_text())["heads"] == 3
+    assert not (tmp_path / "export" / "nextlat_dynamics.safetensors").exists()
+
+    # the recorded config (MTP); another seed, so fresh heads would differ
+    import_from_hf(tmp_path / "export", tmp_path / "ckpt2", ["run.seed=7"])
+    export_to_hf(tmp_path / "ckpt2", tmp_path / "export2", progress=False)
+    again = load_file(str(tmp_path / "export2" / "mtp_heads.safetensors"))
+    assert heads.keys() == again.keys() and all(torch.equal(heads[k], again[k]) for k in heads)
+    # `generate` reads the heads from the checkpoint and from the export alike; they decode
+    # what the training model's heads compute, and greedy MTP drafting is plain decoding.
+    from nextlat_pt.convert.source import open_checkpoint
+    from nextlat_pt.eval.models import NextLatModel
+    from nextlat_pt.generate.policies import StaticDraft
+    from nextlat_pt.generate.sampling import SamplingParams
+    from nextlat_pt.generate.speculative import generate
+    from nextlat_pt.generate.weights import load_weights, target_and_drafter
+
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(2))
+    trained = NextLatModel(open_checkpoint(tmp_path / "ckpt")).model.eval()
+    with torch.no_grad():
+        out = trained(ids)
+        expected = torch.stack([trained.head_logits(k, out.trunk, out.rotary_pos_emb)
+                                for k in (2, 3)], dim=2)[..., :VOCAB].transpose(0, 1)
+    greedy = SamplingParams(greedy=True)
+    for source in (tmp_path / "ckpt", tmp_path / "export"):
+        weights = load_weights(source)
+        assert len(weights.mtp_heads) == 2
+        target, drafter = target_and_drafter(weights)
+        target.reset(1, 32)
+        heads, _ = target.extend(ids)
+        torch.testing.assert_close(heads, expected, atol=1e-4, rtol=1e-4)
+        plain, _ = target_and_drafter(weights, torch.float64, with_drafter=False)
+        spec, drafter = target_and_drafter(weights, torch.float64)
+        prompts = [ids[0, :5].tolist(), ids[0, 5:8].tolist()]
+        assert generate(spec, prompts, 12, greedy, drafter=drafter,
+                        policy=StaticDraft(4)).tokens == generate(plain, prompts, 12,
+                                                                  greedy).tokens

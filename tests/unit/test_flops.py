@@ -45,6 +45,7 @@ SPECS = {
     # vocab 300 pads to 384, odd ψ width, 3 layers, 8 heads in 2 groups
     "gqa-untied-padded": small_spec(num_layers=3, num_heads=8, num_query_groups=2,
                                     vocab_size=300, ffn_hidden_size=96, psi_width=96),
+    "gqa-untied-mtp3": small_spec(num_query_groups=2, mtp_heads=3),
 }
 
 # The paper's 1.3B setting (docs/method.md §2 and §8).
@@ -128,6 +129,27 @@ def test_matmul_flops_equal_pytorch_count(parallel_tp1, name):
         expected = (analytic.trunk_matmul + analytic.psi + analytic.kl_head) * tokens
         assert counted["aten.mm"] == pytest.approx(expected, rel=1e-12), horizon
         model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("recompute_heads", [False, True])
+def test_mtp_matmul_flops_equal_pytorch_count(parallel_tp1, recompute_heads):
+    """The extra heads' layers and LM-head products, all T positions each; recomputing the
+    heads in backward runs their forward (a third of the term) once more."""
+    from nextlat_pt.model.mtp_loss import MTPLossConfig
+    from nextlat_pt.train.train_module import NextLatTrainModule
+
+    spec = SPECS["gqa-untied-mtp3"]
+    batch, seq_len = 2, 16
+    torch.manual_seed(0)
+    module = NextLatTrainModule(NextLatGPT(spec), MTPLossConfig(3, recompute_heads))
+    data = _batch(spec, batch, seq_len)
+    with FlopCounterMode(display=False) as counter:
+        module(data.input_ids, data.labels, data.loss_mask, data.doc_ids)[0].backward()
+    counted = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    analytic = flops_per_token(spec, seq_len, 0, nextlat=False)
+    heads_matmul = analytic.mtp_heads - 2 * analytic.attention / spec.num_layers
+    expected = analytic.trunk_matmul + heads_matmul * (4 / 3 if recompute_heads else 1)
+    assert counted["aten.mm"] == pytest.approx(expected * batch * seq_len, rel=1e-12)
 
 
 def test_attention_flops_equal_pytorch_count_local_backend(parallel_tp1):

@@ -59,3 +59,18 @@ def test_tensor_parallelism_shards_the_weights():
     assert tp2.weights == pytest.approx(base.weights / 2, rel=1e-3)  # vocab padded for TP
     assert tp2.activations < base.activations
     assert "GiB" in base.describe()
+
+
+def test_mtp_heads_recomputed_keep_one_heads_logits_alive():
+    """Recomputing the extra heads in backward keeps one head's logits and layer alive,
+    whatever n; without it every extra head's are."""
+    ntp = dataclasses.replace(SPEC, psi_width=0)
+    base = estimate_memory(ntp, 1024, 4, dp=1, zero_stage=1)
+    per_head = 1024 * 4 * 50304 * 4  # s·b·V·w, fp32
+    for heads in (2, 4):
+        mtp = dataclasses.replace(ntp, mtp_heads=heads)
+        one_at_a_time = estimate_memory(mtp, 1024, 4, dp=1, zero_stage=1)
+        all_kept = estimate_memory(mtp, 1024, 4, dp=1, zero_stage=1, mtp_recompute_heads=False)
+        assert one_at_a_time.logits == pytest.approx(base.logits + per_head)
+        assert all_kept.logits == pytest.approx(base.logits + (heads - 1) * per_head)
+        assert one_at_a_time.weights > base.weights  # n − 1 more layers
