@@ -94,8 +94,10 @@ class MuonAdamW(torch.optim.Optimizer):
         aux = [group for group in self.param_groups if not group["muon"]]
         # AdamW works on the same group dicts (DeepSpeed swaps their tensors for its flat
         # partitions in place) and keeps its moments in this optimizer's state.
-        self.adamw = torch.optim.AdamW(aux, lr=lr, betas=betas, eps=eps, fused=fused)
-        self.adamw.state = self.state
+        self.adamw = (torch.optim.AdamW(aux, lr=lr, betas=betas, eps=eps, fused=fused)
+                      if aux else None)
+        if self.adamw is not None:
+            self.adamw.state = self.state
         self._layouts: dict[int, _ZeroLayout] = {}
 
     def bind_zero_layout(self, wrapper: Any) -> None:
@@ -131,7 +133,8 @@ class MuonAdamW(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             if group["muon"]:
                 self._muon_group_step(index, group)
-        self.adamw.step()
+        if self.adamw is not None:
+            self.adamw.step()
         return loss
 
     def _nesterov_update(self, group: dict, param: torch.Tensor) -> torch.Tensor:
