@@ -86,8 +86,7 @@ def _state_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, create: bo
 
     torch's optimizers create it at their first step, and DeepSpeed leaves it so: with
     `create`, an empty entry gets a zero step and zero moments, as torch's first step would
-    create them (fused: the step on the device), for a load to write into. (Muon keeps no
-    step; its entry gets one all the same, which it ignores.)"""
+    create them (fused: the step on the device), for a load to write into."""
     group = next(g for g in optimizer.param_groups if any(p is tensor for p in g["params"]))
     names = moment_names(optimizer, group)
     state = optimizer.state[tensor]

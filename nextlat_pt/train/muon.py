@@ -144,6 +144,8 @@ class MuonAdamW(torch.optim.Optimizer):
         state = self.state[param]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(param)
+        # torch's Muon keeps no step; ours counts them so a checkpoint records it like AdamW's.
+        state["step"] = state.get("step", torch.tensor(0.0)) + 1
         buf = state["momentum_buffer"]
         buf.lerp_(grad, 1 - group["momentum"])
         return grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
