@@ -100,7 +100,7 @@ class TrainConfig:
     optimizer: str = _key("adamw", "adamw | sgd (plain SGD: exposes gradient-scale errors in "
                                    "tests) | muon (Muon for the decoder's and ψ's hidden "
                                    "matrices, AdamW for the embeddings, the LM head and all "
-                                   "1-D parameters; DP and ZeRO-1/2 only)")
+                                   "1-D parameters; TP 1, ZeRO-1/2)")
     lr: float = _key(2e-3, "peak learning rate, reached after the warmup")
     min_lr: float = _key(2e-4, "the rate at the end of the cosine or wsd decay")
     lr_schedule: str = _key("cosine", "cosine | wsd (warmup-stable-decay) | constant; linear "
