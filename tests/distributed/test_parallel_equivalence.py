@@ -10,7 +10,7 @@ Adam turns reduction-order noise on a near-zero gradient into a ±lr step (seen:
 one of 4096 elements after 3 steps). Muon's parameters get looser still: its Newton-Schulz
 iteration runs in bf16 (torch's), where reduction-order noise in the gradient flips
 roundings that five iterations amplify (seen: 2.5e-4 after 3 steps at lr 3e-3, losses
-within 1e-5); tests/distributed/test_muon.py checks the same layout bit for bit where the
+within 1e-5); test_muon_zero1_exact.py checks the same layout bit for bit where the
 gradients are the same to the bit.
 """
 
