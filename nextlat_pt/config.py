@@ -103,7 +103,9 @@ class TrainConfig:
     global_batch_size: int = _key(8, "windows per step: micro_batch_size × micro-batches × "
                                      "data-parallel size (gradient accumulation)")
     optimizer: str = _key("adamw", "adamw | sgd (plain SGD: exposes gradient-scale errors in "
-                                   "tests)")
+                                   "tests) | muon (Muon for the decoder's and ψ's hidden "
+                                   "matrices, AdamW for the embeddings, the LM head and all "
+                                   "1-D parameters; TP 1, ZeRO-1/2)")
     lr: float = _key(2e-3, "peak learning rate, reached after the warmup")
     min_lr: float = _key(2e-4, "the rate at the end of the cosine or wsd decay")
     lr_schedule: str = _key("cosine", "cosine | wsd (warmup-stable-decay) | constant; linear "
@@ -114,6 +116,17 @@ class TrainConfig:
     beta1: float = _key(0.9, "AdamW β1")
     beta2: float = _key(0.95, "AdamW β2")
     adam_eps: float = _key(1e-8, "AdamW epsilon")
+    muon_lr: float = _key(0.0, "train.optimizer=muon: Muon's peak rate, on train.lr's "
+                               "schedule; 0: train.lr itself (the paper's App. E, with "
+                               "match_rms_adamw)")
+    muon_momentum: float = _key(0.95, "Muon's momentum μ")
+    muon_nesterov: bool = _key(True, "Muon's Nesterov blend of gradient and momentum")
+    muon_ns_steps: int = _key(5, "Newton-Schulz iterations orthogonalising each update")
+    muon_adjust_lr: str = _key("match_rms_adamw", "Muon's per-matrix rate: match_rms_adamw "
+                                                  "(0.2·√max(A, B)·lr, AdamW's update RMS: "
+                                                  "Liu et al. 2025, the paper's choice) | "
+                                                  "original (√max(1, A/B)·lr, Keller Jordan's;"
+                                                  " wants a larger train.muon_lr, ~0.02)")
     grad_clip: float = _key(1.0, "clip the global gradient norm to this; 0: no clipping")
     eval_interval: int = _key(0, "validate every N steps; 0: only at the end")
     eval_batches: int = _key(8, "validation micro-batches (the first windows of the split)")
@@ -445,7 +458,8 @@ _CHOICES = {
     "model.attention_backend": ("auto", "sdpa", "flash", "local", "te"),
     "nextlat.objective": ("nextlat", "ntp", "mtp"),
     "train.lr_schedule": ("cosine", "wsd", "constant"),
-    "train.optimizer": ("adamw", "sgd"),
+    "train.optimizer": ("adamw", "sgd", "muon"),
+    "train.muon_adjust_lr": ("match_rms_adamw", "original"),
     "train.compile": ("auto", "true", "false"),
     "parallel.zero_stage": (1, 2, 3),
     "precision.dtype": ("auto", "fp32", "bf16"),
@@ -462,6 +476,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
     _check_choices_and_ranges(cfg)
     _check_shape(cfg)
     _check_nextlat(cfg)
+    _check_muon(cfg)
     _check_layout(cfg, world_size)
     _check_schedule_and_checkpoints(cfg)
 
@@ -563,6 +578,31 @@ def _check_nextlat(cfg: Config) -> None:
                               f"model.seq_len={m.seq_len}")
 
 
+def _check_muon(cfg: Config) -> None:
+    """Muon's momentum, Newton-Schulz steps and rate in range."""
+    t = cfg.train
+    if not 0 <= t.muon_momentum < 1:
+        raise ConfigError(f"train.muon_momentum must lie in [0, 1) (got {t.muon_momentum})")
+    if t.muon_ns_steps < 1:
+        raise ConfigError(f"train.muon_ns_steps must be at least 1 (got {t.muon_ns_steps})")
+    if t.muon_lr < 0:
+        raise ConfigError(f"train.muon_lr must be >= 0 (got {t.muon_lr}; 0: train.lr)")
+
+
+def _check_muon_layout(cfg: Config) -> None:
+    """Muon orthogonalises whole matrices: layouts that cut them where the step cannot
+    gather them back are refused."""
+    p = cfg.parallel
+    if cfg.train.optimizer != "muon":
+        return
+    if p.zero_stage == 3:
+        raise ConfigError("train.optimizer=muon is not supported with parallel.zero_stage=3 "
+                          "(ZeRO-3 partitions each matrix); use parallel.zero_stage=1 or 2")
+    if p.tp > 1:
+        raise ConfigError(f"train.optimizer=muon is not supported with parallel.tp={p.tp} "
+                          f"(TP shards each matrix); use parallel.tp=1")
+
+
 def _check_layout(cfg: Config, world_size: int) -> None:
     """TP divides the heads, groups and widths; the world is a multiple of TP × PP; ZeRO,
     PP, VPP and SP combine as megatron and DeepSpeed allow; the batch splits evenly."""
@@ -599,6 +639,7 @@ def _check_layout(cfg: Config, world_size: int) -> None:
             f"{p.tp}×{p.pp}; launch a multiple of {p.tp * p.pp} processes"
         )
     dp = world_size // (p.tp * p.pp)
+    _check_muon_layout(cfg)
     if p.pp > 1 and p.zero_stage > 1:
         raise ConfigError(
             f"parallel.zero_stage={p.zero_stage} cannot be combined with pipeline parallelism "

@@ -101,7 +101,9 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
     if bf16 and grad_accum_dtype == "fp32":
         gradients = params * w + params * 4 / (dp if zero_stage >= 2 else 1)
     copy = 0 if wants_local_engine(dp, spec.pp, bf16) else 4
-    moments = 8 if optimizer == "adamw" else 0
+    # Muon keeps one fp32 momentum on its matrices, AdamW two moments elsewhere: AdamW's
+    # figure bounds it.
+    moments = 8 if optimizer in ("adamw", "muon") else 0
     opt = params * (moments + copy) / dp
     tokens = seq_len * micro_batch_size
     layers = spec.num_layers / spec.pp

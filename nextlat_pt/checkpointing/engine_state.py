@@ -2,8 +2,8 @@
 
 For every trainable parameter, the flat range [start, stop) of the (TP-local) parameter that
 this rank's optimizer updates, and 1-D views of the same length into the engine's own
-storage: the fp32 master weights, each moment (`exp_avg`, `exp_avg_sq` for AdamW), and the
-step counter. Reading them copies nothing; writing into them sets the engine's state.
+storage: the fp32 master weights, each moment (`exp_avg`, `exp_avg_sq` for AdamW,
+`momentum_buffer` for Muon's matrices), and the step counter. Reading them copies nothing; writing into them sets the engine's state.
 
 - the local engine (one fp32 rank): the whole parameter; the master is the parameter itself
   and the moments are torch's per-parameter state (created here when loading into an
@@ -43,18 +43,21 @@ class HeldState:
     state: dict[str, Any]  # the optimizer's state entry holding "step"
 
 
-def moment_names(optimizer: torch.optim.Optimizer) -> list[str]:
-    """The per-element state tensors the (torch) optimizer keeps for each parameter."""
+ADAM_MOMENTS = ["exp_avg", "exp_avg_sq"]
+
+
+def moment_names(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> list[str]:
+    """The per-element state tensors the (torch) optimizer keeps for each parameter of
+    `group`: AdamW's two moments, SGD's momentum, or, in train.optimizer=muon's optimizer
+    (groups flagged `muon`), Muon's momentum on its matrices and AdamW's moments elsewhere."""
+    if "muon" in group:
+        return ["momentum_buffer"] if group["muon"] else list(ADAM_MOMENTS)
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        names = ["exp_avg", "exp_avg_sq"]
-        if any(group.get("amsgrad") for group in optimizer.param_groups):
-            names.append("max_exp_avg_sq")
-        return names
+        return [*ADAM_MOMENTS, "max_exp_avg_sq"] if group.get("amsgrad") else list(ADAM_MOMENTS)
     if isinstance(optimizer, torch.optim.SGD):
-        return ["momentum_buffer"] if any(group.get("momentum") for group in
-                                          optimizer.param_groups) else []
+        return ["momentum_buffer"] if group.get("momentum") else []
     raise CheckpointError(f"saving the state of {type(optimizer).__name__} is not supported "
-                          f"(AdamW and SGD are)")
+                          f"(AdamW, SGD and Muon are)")
 
 
 def engine_kind(engine: Any) -> str:
@@ -76,31 +79,32 @@ def base_optimizer(engine: Any) -> torch.optim.Optimizer:
     return engine.optimizer if kind == "local" else engine.optimizer.optimizer
 
 
-def _state_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, names: list[str],
-              create: bool) -> dict[str, Any]:
-    """The optimizer's state entry for `tensor` (a parameter or a flat ZeRO partition).
+def _state_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, create: bool
+              ) -> tuple[dict[str, Any], list[str]]:
+    """The optimizer's state entry for `tensor` (a parameter or a flat ZeRO partition) and
+    the names of its moments.
 
     torch's optimizers create it at their first step, and DeepSpeed leaves it so: with
     `create`, an empty entry gets a zero step and zero moments, as torch's first step would
     create them (fused: the step on the device), for a load to write into."""
+    group = next(g for g in optimizer.param_groups if any(p is tensor for p in g["params"]))
+    names = moment_names(optimizer, group)
     state = optimizer.state[tensor]
     if not state and create and names:
-        group = next(g for g in optimizer.param_groups if any(p is tensor for p in g["params"]))
         fused = group.get("fused") or group.get("capturable")
         state["step"] = (torch.zeros((), dtype=torch.float32, device=tensor.device) if fused
                          else torch.tensor(0.0, dtype=torch.float32))
         for name in names:
             state[name] = torch.zeros_like(tensor, memory_format=torch.preserve_format)
-    return state
+    return state, names
 
 
 def _local(engine: Any, create: bool) -> dict[int, HeldState]:
     optimizer = engine.optimizer
-    names = moment_names(optimizer)
     held = {}
     for group in optimizer.param_groups:
         for param in group["params"]:
-            state = _state_of(optimizer, param, names, create)
+            state, names = _state_of(optimizer, param, create)
             moments = {name: state[name].view(-1) for name in names if name in state}
             held[id(param)] = HeldState(param, 0, param.numel(), param.data.view(-1),
                                         moments, state)
@@ -110,7 +114,6 @@ def _local(engine: Any, create: bool) -> dict[int, HeldState]:
 def _zero12(engine: Any, create: bool) -> dict[int, HeldState]:
     wrapper = engine.optimizer
     optimizer = wrapper.optimizer
-    names = moment_names(optimizer)
     partitions = getattr(wrapper, "single_partition_of_fp32_groups", None)
     if partitions is None:  # DeepSpeed's bf16 optimizer (ZeRO-1 with fp32 accumulation)
         partitions = wrapper.fp32_groups_flat_partition
@@ -118,7 +121,7 @@ def _zero12(engine: Any, create: bool) -> dict[int, HeldState]:
     held = {}
     for index, params in enumerate(groups):
         flat = partitions[index]
-        state = _state_of(optimizer, flat, names, create)
+        state, names = _state_of(optimizer, flat, create)
         for param in params:
             mapping = getattr(param, "_hp_mapping", None)
             if mapping is None:
@@ -134,13 +137,12 @@ def _zero12(engine: Any, create: bool) -> dict[int, HeldState]:
 def _zero3(engine: Any, create: bool) -> dict[int, HeldState]:
     wrapper = engine.optimizer
     optimizer = wrapper.optimizer
-    names = moment_names(optimizer)
     held = {}
     for params in wrapper.fp16_groups:
         for param in params:
             group_index, offset, numel = wrapper.grad_position[wrapper.get_param_id(param)]
             flat = wrapper.fp32_partitioned_groups_flat[group_index]
-            state = _state_of(optimizer, flat, names, create)
+            state, names = _state_of(optimizer, flat, create)
             rank = wrapper._get_param_partition_rank(param)
             start = rank * numel
             stop = min(start + numel, param.ds_numel)  # the last partition is padded

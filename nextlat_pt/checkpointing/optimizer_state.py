@@ -91,7 +91,10 @@ def snapshot(models: list[torch.nn.Module], engine: Any, rank: int
         if MASTER in tensors:
             tensors[MASTER].append(state.master[lo:hi].detach())
         for k in names[1 if MASTER in tensors else 0:]:
-            tensors[k].append(state.moments[k][lo:hi].detach())
+            # Muon's matrices keep a momentum and no Adam moments, the rest the reverse
+            # (train.optimizer=muon): a moment a parameter does not have is None.
+            moment = state.moments.get(k)
+            tensors[k].append(None if moment is None else moment[lo:hi].detach())
         steps.append(read_step(state))
     content = {"fragments": fragments, "steps": steps, "tensors": tensors, "rank": rank}
     return content, fragments
@@ -165,8 +168,8 @@ def _open_file(ckpt: Path, file: str, expected: int) -> dict[str, Any]:
         count = len(content["fragments"])
         tensors = content["tensors"]
         ok = count == expected and all(len(v) == count for v in tensors.values()) and all(
-            t.numel() == Fragment.from_json(f).numel for values in tensors.values()
-            for f, t in zip(content["fragments"], values))
+            t is None or t.numel() == Fragment.from_json(f).numel
+            for values in tensors.values() for f, t in zip(content["fragments"], values))
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as err:
         raise CheckpointError(f"{ckpt}: optimizer shard {file} is unreadable (truncated or "
                               f"not a checkpoint file: {str(err).splitlines()[0][:120]})"
@@ -175,6 +178,12 @@ def _open_file(ckpt: Path, file: str, expected: int) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt}: optimizer shard {file} does not match "
                               f"{OPTIM_DIR}/{INDEX}")
     return content
+
+
+def _saved(content: dict[str, Any], kind: str, position: int) -> torch.Tensor | None:
+    """The saved `kind` of the fragment at `position` of a file; None where it has none."""
+    values = content["tensors"].get(kind)
+    return None if values is None else values[position]
 
 
 def _agree(error: str) -> None:
@@ -217,8 +226,8 @@ def load(ckpt: Path, models: list[torch.nn.Module], engine: Any,
                     files[file] = _open_file(ckpt, file, counts[file])
             plan.append((name, frag, state, lo, hi, sources))
         for _name, frag, state, _, _, sources in plan:
-            for file, _, _ in sources:
-                missing = [k for k in state.moments if k not in files[file]["tensors"]]
+            for file, i, _ in sources:
+                missing = [k for k in state.moments if _saved(files[file], k, i) is None]
                 if missing:
                     raise CheckpointError(
                         f"{ckpt}: optimizer shard {file} has no {missing[0]} for {frag.key}; "
@@ -231,8 +240,8 @@ def load(ckpt: Path, models: list[torch.nn.Module], engine: Any,
         for _name, frag, state, lo, hi, sources in plan:
             kinds = [(MASTER, state.master)] if with_masters else []
             for kind, view in [*kinds, *state.moments.items()]:
-                values = [(s, files[file]["tensors"][kind][i]) for file, i, s in sources
-                          if kind in files[file]["tensors"]]
+                values = [(s, _saved(files[file], kind, i)) for file, i, s in sources
+                          if _saved(files[file], kind, i) is not None]
                 if values:
                     fill_fragment(frag, values, view[lo:hi])
             write_step(state, files[sources[0][0]]["steps"][sources[0][1]])
@@ -258,9 +267,11 @@ def read_full_state(ckpt: Path) -> dict[str, dict[str, Any]]:
         whole = Fragment(key, shape, Box((0,) * len(shape), shape), 0, prod(shape))
         entry: dict[str, Any] = {}
         for kind in files[saved[0][0]]["tensors"]:
+            parts = [(frag, _saved(files[file], kind, i)) for file, i, frag in saved]
+            if any(tensor is None for _, tensor in parts):
+                continue  # a moment this parameter's optimizer does not keep
             values = torch.empty(whole.numel, dtype=torch.float32)
-            fill_fragment(whole, [(frag, files[file]["tensors"][kind][i])
-                                  for file, i, frag in saved], values)
+            fill_fragment(whole, parts, values)
             entry[kind] = values.view(shape)
         entry["step"] = files[saved[0][0]]["steps"][saved[0][1]]
         out[key] = entry

@@ -100,6 +100,9 @@ def build_engine(module: torch.nn.Module, optimizer: torch.optim.Optimizer, zero
         config=deepspeed_config(micro_batch_size, zero_stage, grad_clip, bf16, grad_accum_dtype),
         mpu=megatron_mpu(),
     )
+    if hasattr(optimizer, "bind_zero_layout"):
+        # Muon orthogonalises whole matrices: tell it where they lie in ZeRO's partitions.
+        optimizer.bind_zero_layout(engine.optimizer)
     return engine
 
 
@@ -132,6 +135,7 @@ def reduce_pipelined_gradients(engine: TrainingEngine) -> None:
 
 
 def set_lr(engine: TrainingEngine, lr: float) -> None:
-    """Apply `lr` to every parameter group of the engine's (possibly ZeRO) optimizer."""
+    """Apply `lr` to every parameter group of the engine's (possibly ZeRO) optimizer, times
+    the group's `lr_scale` where it has one (Muon's own rate, train.muon_lr)."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

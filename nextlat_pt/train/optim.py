@@ -1,4 +1,5 @@
-"""AdamW with the usual decay split, and the learning-rate schedule as a pure function of step."""
+"""AdamW (or Muon with AdamW) with the usual decay split, and the learning-rate schedule as a
+pure function of step."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import math
 import torch
 
 from nextlat_pt.config import TrainConfig
+from nextlat_pt.train.muon import MuonAdamW, split_parameters
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module | list[torch.nn.Parameter],
+                 weight_decay: float) -> list[dict]:
     """Weight decay on matrices only: norms, biases and other 1-D parameters get none."""
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
+    params = model.parameters() if isinstance(model, torch.nn.Module) else model
+    for param in params:
         if not param.requires_grad:
             continue
         (decay if param.ndim >= 2 else no_decay).append(param)
@@ -41,6 +45,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     one flat ZeRO partition (DeepSpeed), so both engines still agree exactly
     (tests/unit/test_local_engine.py).
     """
+    if cfg.optimizer == "muon":
+        return build_muon(model, cfg)
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr)
@@ -52,6 +58,22 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         eps=cfg.adam_eps,
         fused=fused_adamw_supported(params) or None,
     )
+
+
+def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> MuonAdamW:
+    """Muon over the hidden matrices (one group, decayed), AdamW over the rest (decay on the
+    embeddings and the LM head, none on 1-D parameters); nextlat_pt/train/muon.py."""
+    matrices, others = split_parameters(model)
+    groups = [{"params": matrices, "muon": True, "weight_decay": cfg.weight_decay,
+               "lr_scale": (cfg.muon_lr / cfg.lr) if cfg.muon_lr else 1.0}]
+    groups += param_groups(others, cfg.weight_decay)
+    groups = [group for group in groups if group["params"]]
+    adamw_params = [p for group in groups if not group.get("muon") for p in group["params"]]
+    return MuonAdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                     momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
+                     ns_steps=cfg.muon_ns_steps, adjust_lr_fn=cfg.muon_adjust_lr,
+                     fused=fused_adamw_supported(adamw_params) or None)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -76,7 +76,7 @@ def _describe_layout(cfg: Config, layout: ParallelLayout, engine: Any) -> str:
     return (f"world {layout.world_size}: tp {layout.tp} × pp {layout.pp} × dp {layout.dp}"
             + (f", vpp {cfg.parallel.vpp}" if cfg.parallel.vpp else "")
             + (", sequence parallel" if cfg.parallel.sp else "")
-            + (", AdamW on this rank (one fp32 DP rank: no ZeRO to shard)"
+            + (f", {cfg.train.optimizer} on this rank (one fp32 DP rank: no ZeRO to shard)"
                if isinstance(engine, LocalEngine) else f", ZeRO-{cfg.parallel.zero_stage}"))
 
 

@@ -49,13 +49,15 @@ LAYOUTS = {  # name: (processes, overrides)
     "pp2_vpp2": (2, ["parallel.pp=2", "parallel.vpp=2"]),
     "bf16_dp2_zero1": (2, ["parallel.zero_stage=1", "precision.dtype=bf16"]),
     "bf16_single": (1, ["precision.dtype=bf16"]),
+    "muon_dp2_zero1": (2, ["parallel.zero_stage=1", "train.optimizer=muon"]),
+    "muon_single": (1, ["train.optimizer=muon"]),
 }
 PAIRS = [("dp2_zero1", "single"), ("single", "dp2_zero1"), ("tp2", "single"),
          ("pp2", "dp2_zero2"), ("pp2_vpp2", "tp2"), ("dp2_zero3", "dp2_zero1"),
-         ("bf16_dp2_zero1", "bf16_single")]
+         ("bf16_dp2_zero1", "bf16_single"), ("muon_dp2_zero1", "muon_single")]
 # Pairs that also check the loaded state bit for bit (one launch more each).
 ROUND_TRIP = {("dp2_zero1", "single"), ("dp2_zero3", "dp2_zero1"),
-              ("bf16_dp2_zero1", "bf16_single")}
+              ("bf16_dp2_zero1", "bf16_single"), ("muon_dp2_zero1", "muon_single")}
 
 
 class Runs:
@@ -130,7 +132,9 @@ def test_resume_on_another_layout_continues_the_run(parallel_tp1, runs, tmp_path
         assert saved.keys() == reloaded.keys()
         for key, state in saved.items():
             assert state.keys() == reloaded[key].keys(), key
-            assert {"exp_avg", "exp_avg_sq"} <= state.keys(), key
+            # Muon's matrices keep one momentum, every other parameter AdamW's moments.
+            assert ({"exp_avg", "exp_avg_sq"} <= state.keys()
+                    or source.startswith("muon") and "momentum_buffer" in state), key
             assert ("master" in state) == source.startswith("bf16"), key  # fp32: the weights
             assert state["step"] == reloaded[key]["step"] == K, key
             for kind in state.keys() - {"step"}:
@@ -144,6 +148,9 @@ def test_resume_on_another_layout_continues_the_run(parallel_tp1, runs, tmp_path
     # few weights end one or two bf16 steps apart (seen: 28 of 262144, 1.8e-4 at most).
     bf16 = source.startswith("bf16")
     rel, atol = (2e-3, 5e-4) if bf16 else (1e-5, 1e-6)
+    # Muon's Newton-Schulz runs in bf16 (torch's): the other layout's gradient noise flips
+    # roundings there (see test_parallel_equivalence.py); the losses still agree to 1e-5.
+    atol = 5e-4 if source.startswith("muon") else atol
     ours, theirs = _losses(moved), _losses(stayed)
     assert sorted(ours) == list(range(K + 1, K + M + 1))
     for step in ours:

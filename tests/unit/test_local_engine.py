@@ -1,5 +1,6 @@
 """One fp32 data-parallel rank trains without DeepSpeed (`LocalEngine`): the same update as
-DeepSpeed's ZeRO engine, bit for bit, with clipping active, for AdamW and SGD."""
+DeepSpeed's ZeRO engine, bit for bit, with clipping active, for AdamW, SGD and Muon (whose
+ZeRO path orthogonalises each matrix gathered from the flat partition)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def batches() -> list[MicroBatch]:
             for t, d in zip(tokens.split(2), docs.split(2))]
 
 
-def train(kind: str, optimizer: str, steps: int = 3) -> tuple[list[float], list[torch.Tensor]]:
-    cfg = load_config(None, [*OVERRIDES, f"train.optimizer={optimizer}", "train.lr=0.05"])
+def train(kind: str, optimizer: str, steps: int = 3, extra: tuple[str, ...] = ()
+          ) -> tuple[list[float], list[torch.Tensor]]:
+    """`steps` steps on the same four micro-batches (on every data-parallel rank)."""
+    cfg = load_config(None, [*OVERRIDES, f"train.optimizer={optimizer}", "train.lr=0.05",
+                             *extra])
     validate(cfg, world_size=1)
     chunks = [NextLatTrainModule(m, loss_config(cfg))
               for m in build_model_chunks(model_spec(cfg, VOCAB), torch.device("cpu"))]
@@ -56,7 +60,7 @@ def train(kind: str, optimizer: str, steps: int = 3) -> tuple[list[float], list[
     return norms, [p.detach().clone() for p in chunks[0].parameters()]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "muon"])
 def test_local_engine_matches_deepspeed_bit_for_bit(parallel_tp1, optimizer):
     local_norms, local_params = train("local", optimizer)
     ds_norms, ds_params = train("deepspeed", optimizer)

@@ -70,21 +70,27 @@ def test_tiling_and_coverage_find_gaps_and_overlaps():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def trained(parallel_tp1):
-    """A one-process model and local engine after one AdamW step."""
+def _trained(optimizer: str):
+    """A one-process model and local engine after one step of `optimizer`."""
     from nextlat_pt.config import load_config
     from nextlat_pt.parallel.local_engine import LocalEngine
     from nextlat_pt.train.build import build_model_chunks, model_spec
     from nextlat_pt.train.optim import build_optimizer
 
     cfg = load_config(None, ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2",
-                             "model.seq_len=16", "nextlat.horizon=1"])
+                             "model.seq_len=16", "nextlat.horizon=1",
+                             f"train.optimizer={optimizer}"])
     model = build_model_chunks(model_spec(cfg, 256), torch.device("cpu"))[0]
     engine = LocalEngine(model, build_optimizer(model, cfg.train), cfg.train.grad_clip)
     sum(p.float().square().sum() for p in model.parameters()).backward()
     engine.step()
     return model, engine
+
+
+@pytest.fixture(params=["adamw"])
+def trained(parallel_tp1, request):
+    """A one-process model and local engine after one step (AdamW unless parametrized)."""
+    return _trained(request.param)
 
 
 def _save(ckpt: Path, model, engine) -> None:
@@ -111,6 +117,7 @@ def _scramble(engine) -> list[torch.Tensor]:
     return _state(engine)
 
 
+@pytest.mark.parametrize("trained", ["adamw", "muon"], indirect=True)
 def test_a_saved_state_loads_back_exactly(trained, tmp_path):
     model, engine = trained
     _save(tmp_path, model, engine)
@@ -118,6 +125,26 @@ def test_a_saved_state_loads_back_exactly(trained, tmp_path):
     _scramble(engine)
     optimizer_state.load(tmp_path, [model], engine)
     assert all(torch.equal(a, b) for a, b in zip(_state(engine), before))
+    # Muon's matrices keep their momentum, the rest AdamW's moments, each saved per fragment.
+    kinds = {frozenset(state) - {"step"} for state in
+             optimizer_state.read_full_state(tmp_path).values()}
+    muon = engine.optimizer.param_groups[0].get("muon", False)
+    assert kinds == ({frozenset({"momentum_buffer"}), frozenset({"exp_avg", "exp_avg_sq"})}
+                     if muon else {frozenset({"exp_avg", "exp_avg_sq"})})
+
+
+@pytest.mark.parametrize("saved,loading,missing", [("adamw", "muon", "momentum_buffer"),
+                                                   ("muon", "adamw", "exp_avg")])
+def test_another_optimizers_state_is_refused_in_one_line(parallel_tp1, tmp_path, saved,
+                                                         loading, missing):
+    model, engine = _trained(saved)
+    _save(tmp_path, model, engine)
+    other_model, other = _trained(loading)
+    with pytest.raises(CheckpointError) as err:
+        optimizer_state.load(tmp_path, [other_model], other)
+    message = str(err.value)
+    assert f"has no {missing}" in message and "train.optimizer" in message, message
+    assert "\n" not in message
 
 
 def _truncate(ckpt: Path) -> str:
