@@ -91,6 +91,7 @@ def child(horizon: int, steps: int, overrides: list[str], seed: int) -> dict[str
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from nextlat_overhead import build_variant, random_batch, train_step
 
+    from nextlat_pt.config import resolved_grad_accum_dtype
     from nextlat_pt.memory import estimate_memory
     from nextlat_pt.parallel import distributed
 
@@ -128,7 +129,7 @@ def child(horizon: int, steps: int, overrides: list[str], seed: int) -> dict[str
         zero_stage=cfg.parallel.zero_stage, horizon=horizon if cfg.uses_psi else 0,
         optimizer=cfg.train.optimizer, bf16=spec.params_dtype == torch.bfloat16,
         kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens,
-        grad_accum_dtype=cfg.precision.grad_accum_dtype)
+        grad_accum_dtype=resolved_grad_accum_dtype(cfg))
     distributed.destroy()
     return {
         "variant": name,

@@ -153,12 +153,14 @@ class ParallelConfig:
 class PrecisionConfig:
     dtype: str = _key("auto", "auto (bf16 on GPUs that have it, else fp32) | fp32 | bf16 (bf16 "
                               "weights and activations, fp32 master weights)")
-    grad_accum_dtype: str = _key("fp32", "bf16 runs: the dtype gradients accumulate and are "
+    grad_accum_dtype: str = _key("auto", "bf16 runs: the dtype gradients accumulate and are "
                                          "reduced in. fp32 (as Megatron-LM does for bf16): "
                                          "DeepSpeed's bf16 optimizer, fp32 gradient buffers, "
                                          "an fp32 norm; bf16: DeepSpeed's ZeRO optimizer over "
                                          "bf16 gradients (half the gradient memory, lossy "
-                                         "accumulation, an fp64 norm pass)")
+                                         "accumulation, an fp64 norm pass); auto: fp32, but "
+                                         "bf16 with train.optimizer=muon (Muon binds to the "
+                                         "ZeRO optimizer's partitions)")
 
 
 @dataclass
@@ -463,7 +465,7 @@ _CHOICES = {
     "train.compile": ("auto", "true", "false"),
     "parallel.zero_stage": (1, 2, 3),
     "precision.dtype": ("auto", "fp32", "bf16"),
-    "precision.grad_accum_dtype": ("fp32", "bf16"),
+    "precision.grad_accum_dtype": ("auto", "fp32", "bf16"),
     "logging.wandb": ("offline", "online", "disabled"),
     "data.on_error": ("raise", "skip"),
 }
@@ -589,6 +591,14 @@ def _check_muon(cfg: Config) -> None:
         raise ConfigError(f"train.muon_lr must be >= 0 (got {t.muon_lr}; 0: train.lr)")
 
 
+def resolved_grad_accum_dtype(cfg: Config) -> str:
+    """`precision.grad_accum_dtype` with `auto` resolved (fp32; bf16 for Muon)."""
+    setting = cfg.precision.grad_accum_dtype
+    if setting == "auto":
+        return "bf16" if cfg.train.optimizer == "muon" else "fp32"
+    return setting
+
+
 def _check_muon_layout(cfg: Config) -> None:
     """Muon orthogonalises whole matrices: layouts that cut them where the step cannot
     gather them back are refused."""
@@ -601,6 +611,10 @@ def _check_muon_layout(cfg: Config) -> None:
     if p.tp > 1:
         raise ConfigError(f"train.optimizer=muon is not supported with parallel.tp={p.tp} "
                           f"(TP shards each matrix); use parallel.tp=1")
+    if cfg.precision.grad_accum_dtype == "fp32" and cfg.precision.dtype != "fp32":
+        raise ConfigError("train.optimizer=muon with bf16 weights needs "
+                          "precision.grad_accum_dtype=bf16 or auto (Muon binds to DeepSpeed's "
+                          "ZeRO optimizer, which its fp32 accumulation replaces)")
 
 
 def _check_layout(cfg: Config, world_size: int) -> None:

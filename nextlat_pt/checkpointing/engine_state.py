@@ -3,7 +3,8 @@
 For every trainable parameter, the flat range [start, stop) of the (TP-local) parameter that
 this rank's optimizer updates, and 1-D views of the same length into the engine's own
 storage: the fp32 master weights, each moment (`exp_avg`, `exp_avg_sq` for AdamW,
-`momentum_buffer` for Muon's matrices), and the step counter. Reading them copies nothing; writing into them sets the engine's state.
+`momentum_buffer` for Muon's matrices), and the step counter. Reading them copies nothing;
+writing into them sets the engine's state.
 
 - the local engine (one fp32 rank): the whole parameter; the master is the parameter itself
   and the moments are torch's per-parameter state (created here when loading into an

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
-from nextlat_pt.config import Config
+from nextlat_pt.config import Config, resolved_grad_accum_dtype
 from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
 from nextlat_pt.model.mtp_loss import MTPLossConfig
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig
@@ -86,7 +86,7 @@ def build_training(cfg: Config, vocab_size: int,
         return chunks, LocalEngine(module, optimizer, cfg.train.grad_clip)
     engine = build_engine(module, optimizer, cfg.parallel.zero_stage,
                           cfg.train.micro_batch_size, cfg.train.grad_clip, bf16=bf16,
-                          grad_accum_dtype=cfg.precision.grad_accum_dtype)
+                          grad_accum_dtype=resolved_grad_accum_dtype(cfg))
     if cfg.parallel.pp == 1:
         # Let megatron's schedule tell DeepSpeed which micro-batch ends the accumulation.
         chunks[0].config.no_sync_func = no_sync_func(engine)

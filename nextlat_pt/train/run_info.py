@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nextlat_pt.config import Config
+from nextlat_pt.config import Config, resolved_grad_accum_dtype
 from nextlat_pt.flops import FlopsBreakdown, flops_per_token, parameter_counts, peak_tflops
 from nextlat_pt.memory import estimate_memory
 from nextlat_pt.model.gpt import count_parameters
@@ -43,7 +43,7 @@ def describe_run(cfg: Config, layout: ParallelLayout, models: list[torch.nn.Modu
                              cfg.parallel.zero_stage, cfg.nextlat.horizon if cfg.uses_psi
                              else 0, cfg.train.optimizer, spec.params_dtype == torch.bfloat16,
                              kl_chunk_tokens=cfg.nextlat.kl_chunk_tokens,
-                             grad_accum_dtype=cfg.precision.grad_accum_dtype,
+                             grad_accum_dtype=resolved_grad_accum_dtype(cfg),
                              mtp_recompute_heads=cfg.nextlat.mtp_recompute_heads)
     info = {
         "run dir": str(cfg.run_dir),

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nextlat_pt.config import ConfigError, load_config, validate
+from nextlat_pt.config import ConfigError, load_config, resolved_grad_accum_dtype, validate
 from nextlat_pt.parallel.deepspeed_engine import set_lr
 from nextlat_pt.train.muon import NS_COEFFICIENTS, MuonAdamW, split_parameters
 from nextlat_pt.train.optim import build_optimizer
@@ -153,3 +153,16 @@ def test_the_config_accepts_muon_on_zero1_and_zero2():
         validate(load_config(None, ["train.optimizer=muon", f"parallel.zero_stage={stage}",
                                     "train.micro_batch_size=4"]),
                  world_size=2)
+
+
+def test_muon_with_bf16_weights_refuses_fp32_gradient_accumulation():
+    """Muon binds to DeepSpeed's ZeRO optimizer; fp32 accumulation would swap in DeepSpeed's
+    bf16 optimizer under ZeRO-1: refused in one line, and `auto` resolves to bf16."""
+    cfg = load_config(None, ["train.optimizer=muon", "precision.dtype=bf16",
+                             "precision.grad_accum_dtype=fp32"])
+    with pytest.raises(ConfigError, match="precision.grad_accum_dtype=bf16"):
+        validate(cfg, world_size=1)
+    auto = load_config(None, ["train.optimizer=muon", "precision.dtype=bf16"])
+    validate(auto, world_size=1)
+    assert resolved_grad_accum_dtype(auto) == "bf16"
+    assert resolved_grad_accum_dtype(load_config(None, [])) == "fp32"
