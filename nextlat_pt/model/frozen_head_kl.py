@@ -70,19 +70,64 @@ def teacher_log_normalizer(logits: Tensor, temperature: float = 1.0,
     return lse.reshape(logits.shape[:-1])
 
 
+def _student_local_lse(student_logits: Tensor, temperature: float) -> Tensor:
+    """log Σ exp(z/τ) over this rank's vocabulary slice, per token, fp32: [c, V/tp] -> [c]."""
+    z = student_logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    return torch.logsumexp(z, -1)
+
+
+def _chunk_terms(student_logits: Tensor, teacher_logits: Tensor, teacher_lse: Tensor,
+                 student_lse: Tensor, temperature: float,
+                 grad_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """One chunk's V-wide work, given both normalisers (all ranks'): per token this rank's
+    share of Σ_v p (log p − log q), and q − p in `grad_dtype` (the head's, for the
+    gradient's matmul). log p = z_teacher/τ − lse_teacher, log q = z/τ − lse_student.
+
+    A pure function of tensors, so `train.compile` can fuse its passes into a couple of
+    kernels that read the two [c, V/tp] logits once and write q − p once.
+    """
+    z = student_logits.float()
+    teacher = teacher_logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+        teacher = teacher / temperature
+    log_p = teacher - teacher_lse.unsqueeze(-1)
+    p = log_p.exp()
+    log_q = z - student_lse.unsqueeze(-1)
+    kl = torch.linalg.vecdot(p, log_p - log_q)
+    return kl, (log_q.exp() - p).to(grad_dtype)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _chunk_functions(fused: bool):
+    """The two per-chunk functions, eager or compiled once per process (`fused`)."""
+    if not fused:
+        return _student_local_lse, _chunk_terms
+    if not _COMPILED:
+        _COMPILED["lse"] = torch.compile(_student_local_lse, dynamic=None)
+        _COMPILED["terms"] = torch.compile(_chunk_terms, dynamic=None)
+    return _COMPILED["lse"], _COMPILED["terms"]
+
+
 class _ChunkedFrozenHeadKL(torch.autograd.Function):
     """Σ_n w_n KL(p_n ‖ softmax(W ĥ_n / τ)); gradient to ĥ only, computed in forward.
 
     Per chunk the V-wide work is a handful of passes (this is what costs beyond the two
-    matmuls on a CPU): the student's log Σ exp, p = exp(log p), Σ p (log p − z), and
-    q − p; the weights w/τ scale the [chunk, D] gradient, not the [chunk, V] one.
+    matmuls): the student's log Σ exp, then p = exp(log p), Σ p (log p − log q) and q − p
+    (`_chunk_terms`, fused under `train.compile`); the weights w/τ scale the [chunk, D]
+    gradient, not the [chunk, V] one.
     """
 
     @staticmethod
     def forward(ctx, latent: Tensor, head_weight: Tensor, teacher_logits: Tensor,
                 teacher_lse: Tensor, weights: Tensor, temperature: float,
-                chunk_tokens: int) -> Tensor:
+                chunk_tokens: int, fused: bool) -> Tensor:
         group = _tp_group()
+        local_lse, chunk_terms = _chunk_functions(fused)
         want_grad = ctx.needs_input_grad[0]
         grad_latent = torch.zeros_like(latent) if want_grad else None
         total = torch.zeros((), dtype=torch.float32, device=latent.device)
@@ -91,26 +136,16 @@ class _ChunkedFrozenHeadKL(torch.autograd.Function):
             w = weights[start:end].float()
             if not bool((w != 0).any()):
                 continue  # nothing valid here: no contribution, zero gradient
-            # student: z = W ĥ / τ and its normaliser over all ranks' vocabulary slices
-            z = (latent[start:end] @ head_weight.t()).float()
-            if temperature != 1.0:
-                z.div_(temperature)
-            student_lse = _global_logsumexp(torch.logsumexp(z, -1), group).unsqueeze(-1)
-            # teacher: log p = z_teacher / τ − lse (a new tensor: the logits stay intact)
-            teacher = teacher_logits[start:end].float()
-            if temperature != 1.0:
-                teacher = teacher / temperature
-            log_p = torch.sub(teacher, teacher_lse[start:end].unsqueeze(-1))
-            p = log_p.exp()
-            # KL = Σ_v p (log p − z) + log Σ exp z · Σ_v p. Σ_v p is 1 over the whole
-            # vocabulary; under TP each rank adds its share and the ranks' sum is exact.
-            kl = torch.linalg.vecdot(p, log_p.sub_(z))
-            share = p.sum(-1) if group is not None else 1.0
-            kl = kl + student_lse.squeeze(-1) * share
+            # student: z = W ĥ (/ τ) and its normaliser over all ranks' vocabulary slices
+            z = latent[start:end] @ head_weight.t()
+            student_lse = _global_logsumexp(local_lse(z, temperature), group)
+            # Σ_v p (log p − log q) over this rank's slice, with both normalisers global:
+            # under TP the ranks' sums add up to the KL (all-reduced below).
+            kl, q_minus_p = chunk_terms(z, teacher_logits[start:end], teacher_lse[start:end],
+                                        student_lse, temperature, head_weight.dtype)
             total += (kl * w).sum()
             if want_grad:
-                q_minus_p = z.sub_(student_lse).exp_().sub_(p)  # q − p, in z's memory
-                grad = (q_minus_p.to(head_weight.dtype) @ head_weight).float()
+                grad = (q_minus_p @ head_weight).float()
                 grad_latent[start:end] = (grad * (w / temperature).unsqueeze(-1)).to(
                     latent.dtype)
         _all_reduce(total, group)
@@ -120,12 +155,13 @@ class _ChunkedFrozenHeadKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: Tensor):
         (grad_latent,) = ctx.saved_tensors
-        return grad_latent * grad_total.to(grad_latent.dtype), None, None, None, None, None, None
+        return (grad_latent * grad_total.to(grad_latent.dtype), None, None, None, None, None,
+                None, None)
 
 
 def frozen_head_kl(latent: Tensor, head_weight: Tensor, teacher_logits: Tensor,
                    teacher_lse: Tensor, weights: Tensor, temperature: float = 1.0,
-                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Tensor:
+                   chunk_tokens: int = DEFAULT_CHUNK_TOKENS, fused: bool = False) -> Tensor:
     """Weighted KL(teacher ‖ frozen-head decoding of ĥ), summed over tokens: a scalar.
 
     Args:
@@ -136,6 +172,7 @@ def frozen_head_kl(latent: Tensor, head_weight: Tensor, teacher_logits: Tensor,
         weights: [...] per-token weights (mask / Σ mask for a masked mean).
         temperature: τ of both distributions; the result is not rescaled by τ².
         chunk_tokens: tokens decoded at once; bounds the memory of the term.
+        fused: run each chunk's V-wide passes compiled (`train.compile`), not eagerly.
     """
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
@@ -149,4 +186,5 @@ def frozen_head_kl(latent: Tensor, head_weight: Tensor, teacher_logits: Tensor,
         weights.detach().reshape(-1),
         temperature,
         chunk_tokens,
+        fused,
     )

@@ -51,6 +51,7 @@ class NextLatLossConfig:
     detach_next_embedding: bool = False  # open point: the paper's code likely lets it train
     mask_prompt_in_latent: bool = False  # the paper does not mask the latent loss on prompts
     kl_chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # tokens decoded at once in the KL (memory)
+    fused_kl: bool = False  # the KL's per-chunk V-wide passes compiled (train.compile)
 
 
 @dataclass
@@ -160,7 +161,7 @@ def nextlat_loss(
             kl_loss = kl_loss + frozen_head_kl(
                 predicted, head_weight, logits[i:], teacher_lse[i:],
                 mean_weights(in_document * loss_mask[i:]), cfg.kl_temperature,
-                cfg.kl_chunk_tokens)
+                cfg.kl_chunk_tokens, fused=cfg.fused_kl)
 
     latent_loss = latent_loss / d
     kl_loss = kl_loss / d

@@ -19,8 +19,9 @@ from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.train_module import NextLatTrainModule
 
 
-def loss_config(cfg: Config) -> NextLatLossConfig | MTPLossConfig | None:
-    """The NextLat or MTP loss settings, or None for the plain next-token objective."""
+def loss_config(cfg: Config, compiled: bool = False) -> NextLatLossConfig | MTPLossConfig | None:
+    """The NextLat or MTP loss settings, or None for the plain next-token objective.
+    `compiled`: `train.compile` is on for this device (the KL's chunks run fused)."""
     if cfg.mtp_heads > 1:
         return MTPLossConfig(heads=cfg.mtp_heads,
                              recompute_heads=cfg.nextlat.mtp_recompute_heads)
@@ -36,6 +37,7 @@ def loss_config(cfg: Config) -> NextLatLossConfig | MTPLossConfig | None:
         detach_next_embedding=n.detach_next_embedding,
         mask_prompt_in_latent=n.mask_prompt_in_latent,
         kl_chunk_tokens=n.kl_chunk_tokens,
+        fused_kl=compiled,
     )
 
 
@@ -63,9 +65,10 @@ def build_training(cfg: Config, vocab_size: int,
 
     """
     spec = model_spec(cfg, vocab_size)
-    chunks = [NextLatTrainModule(model, loss_config(cfg))
+    compiled = compile_wanted(cfg.train.compile, device)
+    chunks = [NextLatTrainModule(model, loss_config(cfg, compiled))
               for model in build_model_chunks(spec, device)]
-    if compile_wanted(cfg.train.compile, device):
+    if compiled:
         for chunk in chunks:
             compile_layers(chunk.model)
             compile_psi(chunk.model)

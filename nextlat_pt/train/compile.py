@@ -11,7 +11,11 @@ What is compiled, and why there:
   its rollout `step` (d > 1), the same way; the rollout's steps see sequences one token
   shorter each, so `step` compiles with a dynamic sequence length after the first
   recompilation instead of once per step.
-- nothing else: the embedding, the LM head and the loss keep their eager,
+- the KL's per-chunk V-wide passes (`model/frozen_head_kl.py:_chunk_terms`: the teacher's
+  and student's log-probabilities, Σ p (log p − log q), q − p): a pure function the loss
+  compiles itself when `NextLatLossConfig.fused_kl` is set; the chunk loop, the matmuls
+  with the frozen head and the TP all-reduces stay eager.
+- nothing else: the embedding, the LM head and the CE keep their eager,
   chunked kernels (their memory is bounded by the chunk, not by a compiled graph), and the
   pipeline schedule, DeepSpeed's hooks and the optimizer stay Python.
 

@@ -33,14 +33,14 @@ def _grads(module: NextLatTrainModule, batch: MicroBatch) -> tuple[float, dict]:
 @pytest.mark.parametrize("horizon", [1, 2])
 def test_compiled_step_equals_eager_to_bf16_tolerance(parallel_tp1, horizon):
     """NextLat d=1 (ψ's one-step form) and d=2 (its rollout step): trunk, CE, ψ, KL, bf16:
-    the loss and every parameter's gradient of the model with compiled layers and ψ against
-    the same weights run eagerly."""
+    the loss and every parameter's gradient of the model with compiled layers, ψ and KL
+    chunks against the same weights run eagerly."""
     tokens = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(0))
     batch = MicroBatch.from_sample({"tokens": tokens, "doc_ids": torch.zeros_like(tokens)},
                                    torch.device("cpu"))
-    loss_cfg = NextLatLossConfig(horizon=horizon)
-    eager = NextLatTrainModule(NextLatGPT(SPEC), loss_cfg)
-    compiled = NextLatTrainModule(NextLatGPT(SPEC), loss_cfg)
+    eager = NextLatTrainModule(NextLatGPT(SPEC), NextLatLossConfig(horizon=horizon))
+    compiled = NextLatTrainModule(NextLatGPT(SPEC),
+                                  NextLatLossConfig(horizon=horizon, fused_kl=True))
     compiled.load_state_dict(eager.state_dict())
     assert compile_layers(compiled.model) == SPEC.num_layers
     assert compile_psi(compiled.model)
@@ -63,3 +63,29 @@ def test_psi_one_step_and_rollout_step_compile_as_one_graph_each(parallel_tp1):
         reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
         assert explained.graph_break_count == 0, reasons
         assert explained.graph_count == 1
+
+
+def test_fused_kl_chunks_equal_eager_and_compile_as_one_graph():
+    """The KL's per-chunk passes compiled: the same KL and gradient to ĥ as eager (fp32 to
+    1e-5, several chunks with an empty one), in one graph."""
+    from nextlat_pt.model.frozen_head_kl import _chunk_terms, frozen_head_kl
+
+    gen = torch.Generator().manual_seed(0)
+    latent = torch.randn(40, 16, generator=gen, requires_grad=True)
+    head = torch.randn(96, 16, generator=gen)
+    teacher = torch.randn(40, 96, generator=gen) * 3
+    lse = torch.logsumexp(teacher, -1)
+    weights = torch.rand(40, generator=gen)
+    weights[16:32] = 0  # the second chunk contributes nothing
+    results = []
+    for fused in (False, True):
+        latent.grad = None
+        kl = frozen_head_kl(latent, head, teacher, lse, weights, 1.0, 16, fused=fused)
+        kl.backward()
+        results.append((kl.detach(), latent.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+    z = latent.detach()[:16] @ head.t()
+    explained = torch._dynamo.explain(_chunk_terms)(z, teacher[:16], lse[:16],
+                                                    torch.logsumexp(z, -1), 1.0, torch.float32)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
