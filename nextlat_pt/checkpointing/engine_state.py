@@ -80,15 +80,18 @@ def base_optimizer(engine: Any) -> torch.optim.Optimizer:
     return engine.optimizer if kind == "local" else engine.optimizer.optimizer
 
 
-def _state_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, create: bool
-              ) -> tuple[dict[str, Any], list[str]]:
+def _state_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor, create: bool,
+              group_index: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """The optimizer's state entry for `tensor` (a parameter or a flat ZeRO partition) and
     the names of its moments.
 
     torch's optimizers create it at their first step, and DeepSpeed leaves it so: with
     `create`, an empty entry gets a zero step and zero moments, as torch's first step would
     create them (fused: the step on the device), for a load to write into."""
-    group = next(g for g in optimizer.param_groups if any(p is tensor for p in g["params"]))
+    if group_index is None:
+        group = next(g for g in optimizer.param_groups if any(p is tensor for p in g["params"]))
+    else:  # ZeRO-3 puts its flat partitions into the groups only while it steps
+        group = optimizer.param_groups[group_index]
     names = moment_names(optimizer, group)
     state = optimizer.state[tensor]
     if not state and create and names:
@@ -143,7 +146,7 @@ def _zero3(engine: Any, create: bool) -> dict[int, HeldState]:
         for param in params:
             group_index, offset, numel = wrapper.grad_position[wrapper.get_param_id(param)]
             flat = wrapper.fp32_partitioned_groups_flat[group_index]
-            state, names = _state_of(optimizer, flat, create)
+            state, names = _state_of(optimizer, flat, create, group_index)
             rank = wrapper._get_param_partition_rank(param)
             start = rank * numel
             stop = min(start + numel, param.ds_numel)  # the last partition is padded

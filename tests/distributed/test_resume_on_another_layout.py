@@ -151,12 +151,16 @@ def test_resume_on_another_layout_continues_the_run(parallel_tp1, runs, tmp_path
     # Muon's Newton-Schulz runs in bf16 (torch's): the other layout's gradient noise flips
     # roundings there (see test_parallel_equivalence.py); the losses still agree to 1e-5.
     atol = 5e-4 if source.startswith("muon") else atol
+    # bf16 gradient norms: fp32 gradients reduced over 2 ranks vs accumulated on one round
+    # apart in bf16 (seen: 2.05e-3 relative at step 4)
+    norm_rel = 5e-3 if bf16 else rel
     ours, theirs = _losses(moved), _losses(stayed)
     assert sorted(ours) == list(range(K + 1, K + M + 1))
     for step in ours:
         for term in ("loss", "ce", "latent", "kl", "grad_norm"):
-            assert ours[step][term] == pytest.approx(theirs[step][term], rel=rel, abs=1e-6), (
-                f"step {step} {term}")
+            tolerance = norm_rel if term == "grad_norm" else rel
+            assert ours[step][term] == pytest.approx(theirs[step][term], rel=tolerance,
+                                                     abs=1e-6), f"step {step} {term}"
     assert all(theirs[s]["grad_norm"] > 0.05 for s in theirs)  # clipping was active
     final, reference = _ckpt(moved, K + M), _ckpt(stayed, K + M)
     weights, ref_weights = _weights(final), _weights(reference)
