@@ -19,6 +19,8 @@ summed over the TP ranks by the caller's `copy_to_tensor_model_parallel_region` 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -100,17 +102,16 @@ def _chunk_terms(student_logits: Tensor, teacher_logits: Tensor, teacher_lse: Te
     return kl, (log_q.exp() - p).to(grad_dtype)
 
 
-_COMPILED: dict[str, object] = {}
+@functools.cache
+def _compiled_chunk_functions():
+    """The two per-chunk functions compiled, once per process."""
+    return (torch.compile(_student_local_lse, dynamic=None),
+            torch.compile(_chunk_terms, dynamic=None))
 
 
 def _chunk_functions(fused: bool):
-    """The two per-chunk functions, eager or compiled once per process (`fused`)."""
-    if not fused:
-        return _student_local_lse, _chunk_terms
-    if not _COMPILED:
-        _COMPILED["lse"] = torch.compile(_student_local_lse, dynamic=None)
-        _COMPILED["terms"] = torch.compile(_chunk_terms, dynamic=None)
-    return _COMPILED["lse"], _COMPILED["terms"]
+    """The two per-chunk functions, eager or compiled (`fused`)."""
+    return _compiled_chunk_functions() if fused else (_student_local_lse, _chunk_terms)
 
 
 class _ChunkedFrozenHeadKL(torch.autograd.Function):
