@@ -73,8 +73,11 @@ class ModelConfig:
 @dataclass
 class NextLatConfig:
     objective: str = _key("nextlat", "nextlat | ntp (plain next-token baseline: no ψ) | mtp "
-                                     "(multi-token prediction, Gloeckle et al. 2024: no ψ)")
-    horizon: int = _key(1, "d, the latent rollout steps of ψ")
+                                     "(multi-token prediction, Gloeckle et al. 2024: no ψ) | "
+                                     "jtp (joint multi-token prediction, Ahn et al. 2025: "
+                                     "no ψ, a Fetch module)")
+    horizon: int = _key(1, "d, the latent rollout steps of ψ (jtp: the teacher-forced "
+                           "steps beyond the next token)")
     lambda_latent: float = _key(1.0, "λ_h, weight of the SmoothL1 latent term")
     lambda_kl: float = _key(1.0, "λ_KL, weight of the KL term through the frozen LM head")
     proj_factor: float = _key(1.0, "ψ's width is 128·round(proj_factor·2D/128)")
@@ -92,8 +95,11 @@ class NextLatConfig:
                                       "the KL's memory, not a modelling choice")
     mtp_heads: int = _key(2, "mtp: n output heads, head k predicting x_{t+k}; head 1 is the "
                              "trunk's last layer, heads 2..n one extra layer each")
-    mtp_recompute_heads: bool = _key(True, "mtp: keep one extra head's logits at a time "
-                                           "(each head's forward is recomputed in backward)")
+    mtp_recompute_heads: bool = _key(True, "mtp, jtp: keep one extra head's (JTP: step's) "
+                                           "logits at a time (its forward is recomputed in "
+                                           "backward)")
+    jtp_lambda: float = _key(1.0, "jtp: λ, the weight of the d teacher-forced terms' mean "
+                                  "(the paper's λ_MTP; 1.0 in its FineWeb runs)")
 
 
 @dataclass
@@ -247,6 +253,11 @@ class Config:
         return self.nextlat.mtp_heads if self.nextlat.objective == "mtp" else 1
 
     @property
+    def jtp_steps(self) -> int:
+        """d of JTP's Fetch: `nextlat.horizon` for the JTP objective, else 0 (no Fetch)."""
+        return self.nextlat.horizon if self.nextlat.objective == "jtp" else 0
+
+    @property
     def psi_width(self) -> int:
         return self.nextlat.psi_width or psi_width(self.model.hidden_size,
                                                    self.nextlat.proj_factor)
@@ -266,7 +277,7 @@ class Config:
             max_position_embeddings=self.max_position_embeddings,
             tie_embeddings=m.tie_embeddings, rotary_base=m.rotary_base, norm_eps=m.norm_eps,
             psi_width=self.psi_width if self.uses_psi else 0,
-            mtp_heads=self.mtp_heads)
+            mtp_heads=self.mtp_heads, jtp_steps=self.jtp_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -458,7 +469,7 @@ def save_config(cfg: Config, path: Path) -> None:
 
 _CHOICES = {
     "model.attention_backend": ("auto", "sdpa", "flash", "local", "te"),
-    "nextlat.objective": ("nextlat", "ntp", "mtp"),
+    "nextlat.objective": ("nextlat", "ntp", "mtp", "jtp"),
     "train.lr_schedule": ("cosine", "wsd", "constant"),
     "train.optimizer": ("adamw", "sgd", "muon"),
     "train.muon_adjust_lr": ("match_rms_adamw", "original"),
@@ -578,6 +589,9 @@ def _check_nextlat(cfg: Config) -> None:
         if n.mtp_heads >= m.seq_len:
             raise ConfigError(f"nextlat.mtp_heads={n.mtp_heads} must be smaller than "
                               f"model.seq_len={m.seq_len}")
+    if n.objective == "jtp" and n.jtp_lambda < 0:
+        raise ConfigError(f"nextlat.jtp_lambda must be >= 0 (got {n.jtp_lambda}); the paper "
+                          f"uses 0.1 to 1")
 
 
 def _check_muon(cfg: Config) -> None:
@@ -757,4 +771,6 @@ def weight_shape(cfg: Config) -> dict[str, Any]:
         shape["nextlat.psi_width"] = cfg.psi_width
     if cfg.mtp_heads > 1:
         shape["nextlat.mtp_heads"] = cfg.mtp_heads
+    if cfg.jtp_steps:
+        shape["nextlat.horizon"] = cfg.jtp_steps
     return shape

@@ -1,4 +1,4 @@
-"""FLOP accounting for NTP, NextLat and MTP training (docs/method.md §2, §3, §7, §8).
+"""FLOP accounting for NTP, NextLat, MTP and JTP training (docs/method.md §2, §3, §7, §8).
 
 Everything here is analytic: a function of the `ModelSpec`, the sequence length T and the
 rollout horizon d. Counts are **per token of training** (forward + backward), for the whole
@@ -51,7 +51,15 @@ mtp_heads = (n_h − 1) · (6 · P_layer + 6 · V·D + 6 · D · (T + 1))
     head's forward a second time in backward, a third of this term more; like the layers'
     recomputation below, that is not counted.
 
-total = trunk_matmul + attention + psi + kl_head + mtp_heads
+jtp_fetch = 6 · 4·D² · (d + 1) + 6 · D · (d + 1)(d + 2) + 6 · V·D · d
+    Joint multi-token prediction with d steps (`ModelSpec.jtp_steps`): Fetch runs at every
+    position over d + 1 slots (h_t and the next d tokens' embeddings): its q/k/v (D → 3D) and
+    output (D → D) projections on every slot, causal attention among the slots (slot j meets
+    j + 1 keys: forward 4·D·(j + 1), backward twice that), and one LM-head product per
+    fetched state. As for MTP, the recomputed forward of each step's logits (the default) is
+    not counted.
+
+total = trunk_matmul + attention + psi + kl_head + mtp_heads + jtp_fetch
 
 Neglected (state of the accounting, not of the cost on every machine)
 ---------------------------------------------------------------------
@@ -82,6 +90,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nextlat_pt.model.gpt import ModelSpec, padded_vocab_size
+from nextlat_pt.model.jtp_fetch import fetch_parameter_count
 
 
 @dataclass(frozen=True)
@@ -93,12 +102,14 @@ class FlopsBreakdown:
     psi: float = 0.0
     kl_head: float = 0.0
     mtp_heads: float = 0.0
+    jtp_fetch: float = 0.0
     total: float = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "total",
             self.trunk_matmul + self.attention + self.psi + self.kl_head + self.mtp_heads
+            + self.jtp_fetch
         )
 
     @property
@@ -166,8 +177,9 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
     Keys: `embedding` (V·D), `head` (V·D, 0 when tied: it is the embedding),
     `blocks` (the L layers and the final norm), `trunk` (everything but ψ and the extra MTP
     heads: embedding + blocks + head), `psi` (2D norm + 2D·H + H·H + H·D, 0 without ψ),
-    `mtp_heads` (n_h − 1 layers), `total`. At TP=1 `trunk`, `psi`, `mtp_heads` and `total`
-    equal `nextlat_pt.model.gpt.count_parameters(NextLatGPT(spec))`.
+    `mtp_heads` (n_h − 1 layers), `jtp_fetch` (JTP's Fetch, `jtp_fetch.fetch_parameter_count`),
+    `total`. At TP=1 `trunk`, `psi`, `mtp_heads`, `jtp_fetch` and `total` equal
+    `nextlat_pt.model.gpt.count_parameters(NextLatGPT(spec))`.
     """
     _check_spec(spec)
     d = spec.hidden_size
@@ -179,6 +191,7 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
     head = 0 if spec.tie_embeddings else vocab * d
     psi = 2 * d + psi_matmul_parameters(spec) if spec.psi_width > 0 else 0
     mtp_heads = (spec.mtp_heads - 1) * (attention + mlp + norms)
+    fetch = fetch_parameter_count(d, spec.jtp_steps) if spec.jtp_steps else 0
     trunk = embedding + blocks + head
     return {
         "embedding": embedding,
@@ -187,7 +200,8 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
         "trunk": trunk,
         "psi": psi,
         "mtp_heads": mtp_heads,
-        "total": trunk + psi + mtp_heads,
+        "jtp_fetch": fetch,
+        "total": trunk + psi + mtp_heads + fetch,
     }
 
 
@@ -208,7 +222,8 @@ def attention_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True
 def flops_per_token(spec: ModelSpec, seq_len: int, horizon: int, nextlat: bool,
                     with_kl: bool = True) -> FlopsBreakdown:
     """Training FLOPs per token for NTP (`nextlat=False`) or NextLat with horizon d; the
-    spec's extra MTP heads (`mtp_heads` > 1) are counted in either case.
+    spec's extra MTP heads (`mtp_heads` > 1) and JTP's Fetch (`jtp_steps` > 0) are counted
+    in either case.
 
     For NextLat the spec must have ψ (`psi_width > 0`); `with_kl=False` is λ_KL = 0 (the KL
     rollout is skipped). For NTP `horizon` is ignored.
@@ -219,8 +234,10 @@ def flops_per_token(spec: ModelSpec, seq_len: int, horizon: int, nextlat: bool,
     mtp = (spec.mtp_heads - 1) * (
         6.0 * (sum(_block_matmul_parameters(spec)) + padded_vocab(spec) * spec.hidden_size)
         + attention / spec.num_layers)
+    fetch = jtp_fetch_flops_per_token(spec)
     if not nextlat:
-        return FlopsBreakdown(trunk_matmul=trunk, attention=attention, mtp_heads=mtp)
+        return FlopsBreakdown(trunk_matmul=trunk, attention=attention, mtp_heads=mtp,
+                              jtp_fetch=fetch)
     if spec.psi_width <= 0:
         raise ValueError("NextLat FLOPs need ψ: the spec has psi_width=0")
     if horizon < 1:
@@ -231,6 +248,16 @@ def flops_per_token(spec: ModelSpec, seq_len: int, horizon: int, nextlat: bool,
            + 6.0 * embedding_half * (seq_len - 1) / seq_len)
     kl = 4.0 * spec.hidden_size * padded_vocab(spec) * coverage if with_kl else 0.0
     return FlopsBreakdown(trunk_matmul=trunk, attention=attention, psi=psi, kl_head=kl)
+
+
+def jtp_fetch_flops_per_token(spec: ModelSpec) -> float:
+    """JTP's Fetch per token, forward + backward (module doc); 0 without JTP."""
+    steps, d = spec.jtp_steps, spec.hidden_size
+    if steps <= 0:
+        return 0.0
+    projections = 6.0 * 4 * d * d * (steps + 1)
+    slot_attention = 6.0 * d * (steps + 1) * (steps + 2)  # 3 · Σ_j 4·D·(j + 1)
+    return projections + slot_attention + 6.0 * padded_vocab(spec) * d * steps
 
 
 def nextlat_to_ntp_ratio(spec: ModelSpec, seq_len: int, horizon: int,

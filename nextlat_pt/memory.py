@@ -27,13 +27,16 @@ w = 2 (bf16) or 4 (fp32) bytes per element):
   MTP's extra heads (n_h − 1 layers on the last stage): with the heads recomputed in
   backward (`nextlat.mtp_recompute_heads`) one layer's full set, the head being
   back-propagated; without, each head's full set.
+  JTP's Fetch (d steps) keeps, per token, (d + 1) slots' worth of its attention block:
+  the slots, their norm, the residual sum and the output norm's input (4h), q, k, v and the
+  attention output (4h/TP): s·b·(d + 1)·(4h + 4h/TP)·w.
 - logits and loss on the last stage: the logits s·b·V/TP·w, which the chunked CE
   (`model/vocab_parallel.py`) overwrites with their gradient, plus its fp32 chunk buffers
   (CE_CHUNK_BUFFERS × 1024 × V/TP); NextLat keeps the logits as the KL's teacher, so its
   CE writes the gradient to a second s·b·V/TP·w buffer, and adds the KL's working set,
   three fp32 buffers of kl_chunk_tokens × V/TP (`model/frozen_head_kl.py`: bounded by the
   chunk, not by d). MTP adds one more s·b·V/TP·w per extra head alive at once: one with the
-  heads recomputed, n_h − 1 without.
+  heads recomputed, n_h − 1 without; JTP likewise per step (one recomputed, d without).
 
 It ignores allocator fragmentation, communication buffers and the CUDA context (~0.5–1 GB on
 a GPU); compare it with the measured peak (benchmarks report the ratio).
@@ -125,4 +128,9 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
     heads_alive = min(extra_heads, 1) if mtp_recompute_heads else extra_heads
     activations += full_layer * heads_alive
     logits += tokens * vocab * w * heads_alive
+    if spec.jtp_steps:  # on the last stage: Fetch's slots and the steps' logits
+        d = spec.hidden_size
+        activations += tokens * (spec.jtp_steps + 1) * (4 * d + 4 * d / spec.tp) * w
+        steps_alive = 1 if mtp_recompute_heads else spec.jtp_steps
+        logits += tokens * vocab * w * steps_alive
     return MemoryEstimate(weights, gradients, opt, activations, logits)

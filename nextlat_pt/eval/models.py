@@ -132,11 +132,14 @@ def hf_tokenizer_fingerprint(hf_dir: Path) -> str | None:
 
 
 def objective_label(config: dict | None) -> str:
-    """The training objective of a config dict: "ntp", "nextlat d=H", or "unknown"."""
+    """The training objective of a config dict: "ntp", "nextlat d=H", "mtp n=N",
+    "jtp d=H", or "unknown"."""
     nextlat = (config or {}).get("nextlat") or {}
     objective = nextlat.get("objective")
-    if objective == "nextlat":
-        return f"nextlat d={nextlat.get('horizon')}"
+    if objective in ("nextlat", "jtp"):
+        return f"{objective} d={nextlat.get('horizon')}"
+    if objective == "mtp":
+        return f"mtp n={nextlat.get('mtp_heads')}"
     return str(objective) if objective else "unknown"
 
 

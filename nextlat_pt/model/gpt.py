@@ -22,6 +22,7 @@ from torch import Tensor
 
 from nextlat_pt.model.attention import resolve_backend
 from nextlat_pt.model.init import init_weights
+from nextlat_pt.model.jtp_fetch import Fetch
 from nextlat_pt.model.kernels import install_rope_kernel
 from nextlat_pt.model.layer_spec import block_spec, layer_spec
 from nextlat_pt.model.mtp_heads import MTPHeads
@@ -117,7 +118,7 @@ class ModelOutput(NamedTuple):
 
     hidden: Tensor  # h: [T, B, D] final post-norm hidden states (or the stage's output)
     logits: Tensor | None = None  # [T, B, V/tp], vocab-parallel
-    input_embeddings: Tensor | None = None  # E(x_t): [T, B, D], only when ψ exists
+    input_embeddings: Tensor | None = None  # E(x_t): [T, B, D], only with ψ or JTP's Fetch
     trunk: Tensor | None = None  # z: the last layer's input [T, B, D], only with MTP heads
     rotary_pos_emb: Tensor | None = None  # the RoPE table the MTP heads' layers read
 
@@ -173,12 +174,16 @@ class NextLatGPT(MegatronModule):
         # Tied weights on a last stage without the embedding: the LM head is megatron's copy
         # of the input embedding (kept identical through the embedding group).
         self.tied_head_copy = spec.tie_embeddings and post_process and not pre_process
+        self.jtp_fetch = None
         if post_process and spec.psi_width > 0:
             self.psi = LatentDynamics(config, spec.psi_width)
+        if post_process and spec.jtp_steps > 0:
+            self.jtp_fetch = Fetch(config, spec.jtp_steps)
+        if post_process and self.reads_input_embeddings:
             if not pre_process and not spec.tie_embeddings:
-                # ψ reads E(x') on the last stage: a replica of the first stage's input
-                # embedding, initialised identically and kept identical by all-reducing its
-                # gradient with the original's over megatron's embedding group.
+                # ψ (or Fetch) reads E(x) on the last stage: a replica of the first stage's
+                # input embedding, initialised identically and kept identical by all-reducing
+                # its gradient with the original's over megatron's embedding group.
                 self.psi_embedding = VocabParallelEmbedding(
                     self.padded_vocab_size, spec.hidden_size, init_method=config.init_method,
                     config=config, reduce_scatter_embeddings=False,
@@ -198,6 +203,17 @@ class NextLatGPT(MegatronModule):
                 param.ds_pipe_replicated = True
         if self.psi is not None and spec.psi_zero_init:
             torch.nn.init.zeros_(self.psi.fc3.weight)  # ψ starts as the identity map
+
+    @property
+    def reads_input_embeddings(self) -> bool:
+        """The last stage's loss reads E(x): ψ's and Fetch's inputs."""
+        return self.spec.psi_width > 0 or self.spec.jtp_steps > 0
+
+    def fetched_logits(self, state: Tensor) -> Tensor:
+        """JTP: one fetched state [T, B, D] (already normed by Fetch) through the shared LM
+        head: vocab-parallel logits [T, B, V/tp]. The input's gradient is summed over TP."""
+        return F.linear(tensor_parallel.copy_to_tensor_model_parallel_region(state),
+                        self.head_weight())
 
     def _catch_trunk(self, layer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook of the last decoder layer (head 1): keep its input z for the
@@ -254,7 +270,7 @@ class NextLatGPT(MegatronModule):
     def embedding_group_params(self) -> list[Tensor]:
         """Parameters whose gradients are summed over the embedding group (first + last stage)
         when PP > 1: the input embedding and its last-stage copy (tied head or ψ's replica)."""
-        needs_copy = self.spec.tie_embeddings or self.spec.psi_width > 0
+        needs_copy = self.spec.tie_embeddings or self.reads_input_embeddings
         if self.spec.pp == 1 or not needs_copy:
             return []
         params = []
@@ -285,11 +301,12 @@ class NextLatGPT(MegatronModule):
         )
         logits, _ = self.gpt.output_layer(hidden, weight=output_weight)
         embeddings = None
-        if self.psi is not None:
+        if self.psi is not None or self.jtp_fetch is not None:
             embeddings = embedding_lookup(self.psi_embedding_table(), input_ids)
             if self.config.sequence_parallel:
-                # ψ rolls forward along the whole sequence; every TP rank computes the same
-                # loss from it, so the backward of the gather keeps each rank's own slice.
+                # ψ rolls forward along the whole sequence (Fetch reads the next tokens);
+                # every TP rank computes the same loss from it, so the backward of the gather
+                # keeps each rank's own slice.
                 hidden = tensor_parallel.gather_from_sequence_parallel_region(
                     hidden, tensor_parallel_output_grad=False
                 )
@@ -299,11 +316,12 @@ class NextLatGPT(MegatronModule):
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Local parameter counts: trunk (everything but ψ and the extra MTP heads), ψ, and the
-    extra MTP heads."""
+    """Local parameter counts: trunk (everything but ψ, the extra MTP heads and JTP's
+    Fetch), ψ, the extra MTP heads, and Fetch."""
     def count(part: str) -> int:
         return sum(p.numel() for n, p in model.named_parameters() if part in n.split("."))
 
-    psi, heads = count("psi"), count("mtp_heads")
+    psi, heads, fetch = count("psi"), count("mtp_heads"), count("jtp_fetch")
     total = sum(p.numel() for p in model.parameters())
-    return {"trunk": total - psi - heads, "psi": psi, "mtp_heads": heads, "total": total}
+    return {"trunk": total - psi - heads - fetch, "psi": psi, "mtp_heads": heads,
+            "jtp_fetch": fetch, "total": total}

@@ -41,6 +41,7 @@ class ModelShape:
     norm_eps: float = 1e-5
     psi_width: int = 0  # 0: no ψ (the next-token objective)
     mtp_heads: int = 1  # n output heads (multi-token prediction); 1: only the usual one
+    jtp_steps: int = 0  # d of joint multi-token prediction (its Fetch module); 0: no Fetch
 
     @property
     def head_dim(self) -> int:

@@ -7,6 +7,7 @@ from megatron.core import parallel_state as ps
 
 from nextlat_pt.config import Config, resolved_grad_accum_dtype
 from nextlat_pt.model.gpt import ModelSpec, NextLatGPT
+from nextlat_pt.model.jtp_loss import JTPLossConfig
 from nextlat_pt.model.mtp_loss import MTPLossConfig
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig
 from nextlat_pt.model_from_config import model_spec
@@ -19,12 +20,16 @@ from nextlat_pt.train.optim import build_optimizer
 from nextlat_pt.train.train_module import NextLatTrainModule
 
 
-def loss_config(cfg: Config, compiled: bool = False) -> NextLatLossConfig | MTPLossConfig | None:
-    """The NextLat or MTP loss settings, or None for the plain next-token objective.
+def loss_config(cfg: Config, compiled: bool = False,
+                ) -> NextLatLossConfig | MTPLossConfig | JTPLossConfig | None:
+    """The NextLat, MTP or JTP loss settings, or None for the plain next-token objective.
     `compiled`: `train.compile` is on for this device (the KL's chunks run fused)."""
     if cfg.mtp_heads > 1:
         return MTPLossConfig(heads=cfg.mtp_heads,
                              recompute_heads=cfg.nextlat.mtp_recompute_heads)
+    if cfg.jtp_steps:
+        return JTPLossConfig(steps=cfg.jtp_steps, lambda_jtp=cfg.nextlat.jtp_lambda,
+                             recompute=cfg.nextlat.mtp_recompute_heads)
     if not cfg.uses_psi:
         return None
     n = cfg.nextlat

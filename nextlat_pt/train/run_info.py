@@ -50,17 +50,21 @@ def describe_run(cfg: Config, layout: ParallelLayout, models: list[torch.nn.Modu
         "objective": cfg.nextlat.objective + (
             f" (d={cfg.nextlat.horizon}, λ_h={cfg.nextlat.lambda_latent}, "
             f"λ_KL={cfg.nextlat.lambda_kl})" if cfg.uses_psi else "") + (
-            f" ({cfg.mtp_heads} heads)" if cfg.mtp_heads > 1 else ""),
+            f" ({cfg.mtp_heads} heads)" if cfg.mtp_heads > 1 else "") + (
+            f" (d={cfg.jtp_steps}, λ={cfg.nextlat.jtp_lambda})" if cfg.jtp_steps else ""),
         "parameters": f"trunk {whole['trunk']:,} ({whole['trunk'] / 1e6:.1f}M), "
                       f"ψ {whole['psi']:,} ({whole['psi'] / 1e6:.1f}M)" + (
                           f", MTP heads {whole['mtp_heads']:,}" if whole["mtp_heads"] else "")
+                      + (f", JTP Fetch {whole['jtp_fetch']:,}" if whole["jtp_fetch"] else "")
                       + f"; this rank: trunk {counts['trunk']:,}, ψ {counts['psi']:,}",
         "FLOPs per token": f"{flops.total / 1e9:.3f} GFLOP training (trunk matmuls "
                            f"{flops.trunk_matmul / 1e9:.3f}, attention "
                            f"{flops.attention / 1e9:.3f}, ψ {flops.psi / 1e9:.3f}, KL head "
                            f"{flops.kl_head / 1e9:.3f}" + (
                                f", MTP heads {flops.mtp_heads / 1e9:.3f}"
-                               if flops.mtp_heads else "") + "; nextlat_pt/flops.py)",
+                               if flops.mtp_heads else "") + (
+                               f", JTP Fetch {flops.jtp_fetch / 1e9:.3f}"
+                               if flops.jtp_fetch else "") + "; nextlat_pt/flops.py)",
         "memory estimate per rank": memory.describe(),
         "layout": _describe_layout(cfg, layout, engine),
         "attention": models[0].attention_backend,

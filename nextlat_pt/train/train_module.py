@@ -13,6 +13,7 @@ from megatron.core.enums import ModelType
 from torch import Tensor
 
 from nextlat_pt.model.gpt import NextLatGPT
+from nextlat_pt.model.jtp_loss import JTPLossConfig, jtp_loss
 from nextlat_pt.model.mtp_loss import MTPLossConfig, mtp_loss
 from nextlat_pt.model.nextlat_loss import NextLatLossConfig, next_token_loss, nextlat_loss
 
@@ -23,7 +24,7 @@ class NextLatTrainModule(torch.nn.Module):
     model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
 
     def __init__(self, model: NextLatGPT,
-                 loss_cfg: NextLatLossConfig | MTPLossConfig | None) -> None:
+                 loss_cfg: NextLatLossConfig | MTPLossConfig | JTPLossConfig | None) -> None:
         super().__init__()
         self.model = model
         self.loss_cfg = loss_cfg
@@ -44,7 +45,8 @@ class NextLatTrainModule(torch.nn.Module):
         output = self.model(input_ids)
         if not self.model.post_process:
             return output.hidden
-        if self.ce_only or (self.model.psi is None and output.trunk is None):
+        if self.ce_only or (self.model.psi is None and output.trunk is None
+                            and self.model.jtp_fetch is None):
             ce = next_token_loss(output.logits, labels, loss_mask)
             return ce, {"loss": ce.detach().clone(), "ce": ce.detach().clone()}
         if isinstance(self.loss_cfg, MTPLossConfig):
@@ -52,6 +54,19 @@ class NextLatTrainModule(torch.nn.Module):
                 logits=output.logits,
                 trunk=output.trunk,
                 head_logits=lambda k, z: self.model.head_logits(k, z, output.rotary_pos_emb),
+                labels=labels,
+                loss_mask=loss_mask,
+                doc_ids=doc_ids,
+                cfg=self.loss_cfg,
+            )
+            return terms.total, terms.as_dict()
+        if isinstance(self.loss_cfg, JTPLossConfig):
+            terms = jtp_loss(
+                logits=output.logits,
+                hidden=output.hidden,
+                input_embeddings=output.input_embeddings,
+                fetch=self.model.jtp_fetch,
+                fetched_logits=self.model.fetched_logits,
                 labels=labels,
                 loss_mask=loss_mask,
                 doc_ids=doc_ids,

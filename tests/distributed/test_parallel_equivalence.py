@@ -41,7 +41,8 @@ ADAMW = ["train.optimizer=adamw", "train.lr=3e-3"]
 MUON = ["train.optimizer=muon", "train.lr=3e-3"]
 TIED = ["model.tie_embeddings=true"]
 MTP = ["nextlat.objective=mtp", "nextlat.mtp_heads=3"]
-TERMS = ("loss", "ce", "latent", "kl", "ce_head2", "ce_head3")
+JTP = ["nextlat.objective=jtp"]  # d = nextlat.horizon = 2
+TERMS = ("loss", "ce", "latent", "kl", "ce_head2", "ce_head3", "jtp", "ce_step1", "ce_step2")
 
 
 class Runs:
@@ -109,6 +110,8 @@ CASES = {
     "tp2_pp2_tied": (4, [*SGD, *TIED, "parallel.tp=2", "parallel.pp=2"], [*SGD, *TIED]),
     # MTP's extra heads on the last stage, saved and reloaded into one process
     "pp2_mtp": (2, [*SGD, *MTP, "parallel.pp=2"], [*SGD, *MTP]),
+    # JTP's Fetch on the last stage, reading the first stage's embedding through its replica
+    "pp2_jtp": (2, [*SGD, *JTP, "parallel.pp=2"], [*SGD, *JTP]),
 }
 
 
@@ -125,8 +128,10 @@ def test_layout_matches_single_process(parallel_tp1, runs, case):
         if MTP[0] in overrides:  # every head's CE was compared
             assert _losses(reference)[-1]["ce_head3"] is not None
         else:  # MTP has no ψ, hence (untied) no embedding copy
-            # ψ's embedding copy (or the tied head) on the last stage is still the first
-            # stage's embedding after the steps.
+            if JTP[0] in overrides:  # every step's CE was compared
+                assert _losses(reference)[-1]["ce_step2"] is not None
+            # ψ's (or Fetch's) embedding copy, or the tied head, on the last stage is still
+            # the first stage's embedding after the steps.
             assert state["embedding_replica_max_abs_diff"] == 0.0
         # The losses live on the last stage; rank 0 writes the state with them.
         assert state["last_metrics"]["loss"] == _losses(run_dir)[-1]["loss"]

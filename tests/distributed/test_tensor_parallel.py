@@ -2,7 +2,8 @@
 
 Covers the vocab-parallel CE and KL, ψ sharded like an MLP, SwiGLU's strided fc1, GQA, and
 tied embeddings (the LM head is then the vocab-parallel input embedding); and MTP's extra
-heads, sharded like the trunk's layers, under sequence parallelism.
+heads, sharded like the trunk's layers, and JTP's Fetch (whole heads per rank), under sequence
+parallelism.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ HERE = Path(__file__).parent
 
 
 # Cases that share one torchrun launch (a launch costs more than a case).
-LAUNCHES = {"untied_and_mtp3_sp": ("untied", "mtp3_sp"), "tied": ("tied",)}
+LAUNCHES = {"untied_mtp3_jtp2_sp": ("untied", "mtp3_sp", "jtp2_sp"), "tied": ("tied",)}
 
 
 @pytest.mark.parametrize("launch", list(LAUNCHES))

@@ -19,6 +19,7 @@ from nextlat_pt.flops import (
     attention_flops_per_token,
     flops_per_token,
     nextlat_to_ntp_ratio,
+    padded_vocab,
     parameter_counts,
     psi_matmul_parameters,
     rollout_coverage,
@@ -46,6 +47,7 @@ SPECS = {
     "gqa-untied-padded": small_spec(num_layers=3, num_heads=8, num_query_groups=2,
                                     vocab_size=300, ffn_hidden_size=96, psi_width=96),
     "gqa-untied-mtp3": small_spec(num_query_groups=2, mtp_heads=3),
+    "gqa-untied-jtp2": small_spec(num_query_groups=2, jtp_steps=2),
 }
 
 # The paper's 1.3B setting (docs/method.md §2 and §8).
@@ -149,6 +151,32 @@ def test_mtp_matmul_flops_equal_pytorch_count(parallel_tp1, recompute_heads):
     analytic = flops_per_token(spec, seq_len, 0, nextlat=False)
     heads_matmul = analytic.mtp_heads - 2 * analytic.attention / spec.num_layers
     expected = analytic.trunk_matmul + heads_matmul * (4 / 3 if recompute_heads else 1)
+    assert counted["aten.mm"] == pytest.approx(expected * batch * seq_len, rel=1e-12)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_jtp_matmul_flops_equal_pytorch_count(parallel_tp1, recompute):
+    """Fetch's projections on d + 1 slots and one LM-head product per step at all T
+    positions (the slots' attention is SDPA: not counted on CPU); recomputing each step's
+    logits runs its head product's forward (a third of it) once more."""
+    from nextlat_pt.flops import jtp_fetch_flops_per_token
+    from nextlat_pt.model.jtp_loss import JTPLossConfig
+    from nextlat_pt.train.train_module import NextLatTrainModule
+
+    spec = SPECS["gqa-untied-jtp2"]
+    batch, seq_len, d = 2, 16, spec.hidden_size
+    torch.manual_seed(0)
+    module = NextLatTrainModule(NextLatGPT(spec), JTPLossConfig(2, recompute=recompute))
+    data = _batch(spec, batch, seq_len)
+    with FlopCounterMode(display=False) as counter:
+        module(data.input_ids, data.labels, data.loss_mask, data.doc_ids)[0].backward()
+    counted = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    analytic = flops_per_token(spec, seq_len, 0, nextlat=False)
+    assert analytic.jtp_fetch == jtp_fetch_flops_per_token(spec) > 0
+    slot_attention = 6.0 * d * 3 * 4
+    heads = 6.0 * padded_vocab(spec) * d * 2
+    expected = (analytic.trunk_matmul + analytic.jtp_fetch - slot_attention
+                + (heads / 3 if recompute else 0))
     assert counted["aten.mm"] == pytest.approx(expected * batch * seq_len, rel=1e-12)
 
 
