@@ -1,8 +1,9 @@
-"""How much slower is a NextLat (or MTP) training step than a next-token (NTP) step? Measured
-vs FLOPs.
+"""How much slower is a NextLat (or MTP, or JTP) training step than a next-token (NTP) step?
+Measured vs FLOPs.
 
-    python bench/nextlat_overhead.py [--repeats N] [--warmup W] [--d4] [--mtp N ...] [--plain]
-                                     [--threads N] [--json PATH] [section.key=value ...]
+    python bench/nextlat_overhead.py [--repeats N] [--warmup W] [--d4] [--mtp N ...]
+                                     [--jtp D ...] [--plain] [--threads N] [--json PATH]
+                                     [section.key=value ...]
 
 `measure(...)` returns the same results as a dict (bench/run_all.py and
 bench/reference_step.py call it, the latter with extra steps timed in the same rotation).
@@ -12,8 +13,9 @@ What is measured
 One process, one model config (the tiny job by default: 4 layers, D=256, T=256, micro batch
 8, vocab 4096), and the framework's real training step for each variant: NTP, NextLat d=1,
 NextLat d=2 (and d=4 with `--d4`), and multi-token prediction with n heads for each n of
-`--mtp` (default 2; `--mtp` alone: none). Each variant is built from a `Config` (the defaults plus
-the command line's overrides plus its objective) exactly as the trainer builds it
+`--mtp` (default 2; `--mtp` alone: none), and joint multi-token prediction with d steps for
+each d of `--jtp` (default 1; `--jtp` alone: none). Each variant is built from a `Config` (the
+defaults plus the command line's overrides plus its objective) exactly as the trainer builds it
 (`nextlat_pt.train.build.build_training`: the model (weights drawn from `run.seed`, so the
 same initial trunk for every variant), the model + objective module, AdamW, the engine: the
 local engine for one fp32 data-parallel rank, DeepSpeed's otherwise), and every variant
@@ -86,7 +88,7 @@ class Variant:
     """One objective on the shared model config, with its own model and optimizer."""
 
     name: str
-    horizon: int | None  # NextLat's d; 0: NTP; None: MTP (see mtp_heads)
+    horizon: int | None  # NextLat's d; 0: NTP; None: MTP or JTP (see mtp_heads, jtp_steps)
     cfg: Config
     model: NextLatGPT
     module: NextLatTrainModule  # model + objective: what megatron's schedule drives
@@ -98,6 +100,7 @@ class Variant:
     steps: int = 0
     losses: list[float] = field(default_factory=list)  # every step's loss, warm-up included
     mtp_heads: int = 1  # MTP's n (1: not MTP)
+    jtp_steps: int = 0  # JTP's d (0: not JTP)
 
     @property
     def last_loss(self) -> float:
@@ -117,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mtp", type=int, nargs="*", default=[2], metavar="N",
                         help="also measure multi-token prediction with N heads (default: 2; "
                              "--mtp alone: no MTP variant)")
+    parser.add_argument("--jtp", type=int, nargs="*", default=[1], metavar="D",
+                        help="also measure joint multi-token prediction with D steps "
+                             "(default: 1; --jtp alone: no JTP variant)")
     parser.add_argument("--plain", action="store_true",
                         help="torch AdamW + clip_grad_norm instead of the DeepSpeed engine")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the random batch")
@@ -128,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if any(n < 2 for n in args.mtp):
         parser.error("--mtp takes head counts >= 2 (1 is NTP, measured anyway)")
+    if any(d < 1 for d in args.jtp):
+        parser.error("--jtp takes step counts >= 1")
     return args
 
 
@@ -137,14 +145,17 @@ def vocab_size(cfg: Config) -> int:
 
 
 def build_variant(name: str, horizon: int | None, overrides: list[str], device: torch.device,
-                  plain: bool, mtp_heads: int = 1) -> Variant:
+                  plain: bool, mtp_heads: int = 1, jtp_steps: int = 0) -> Variant:
     """The variant's config, model and optimizer, built as the trainer builds them: NTP
-    (horizon 0), NextLat d (horizon d) or MTP (horizon None, `mtp_heads` heads).
+    (horizon 0), NextLat d (horizon d), MTP (horizon None, `mtp_heads` heads) or JTP
+    (horizon None, `jtp_steps` steps).
 
     The weights are drawn per parameter from `run.seed`, so every variant starts from the
     same trunk.
     """
-    if horizon is None:
+    if horizon is None and jtp_steps:
+        objective = ["nextlat.objective=jtp", f"nextlat.horizon={jtp_steps}"]
+    elif horizon is None:
         objective = ["nextlat.objective=mtp", f"nextlat.mtp_heads={mtp_heads}"]
     elif horizon == 0:
         objective = ["nextlat.objective=ntp"]
@@ -169,14 +180,15 @@ def build_variant(name: str, horizon: int | None, overrides: list[str], device: 
         optimizer = engine.optimizer
         forward_step = make_forward_step(engine)
     module.train()
-    if not horizon:  # NTP, or MTP (its heads are in the spec)
+    if not horizon:  # NTP, or MTP / JTP (their heads and Fetch are in the spec)
         flops = flops_per_token(spec, cfg.model.seq_len, 0, nextlat=False)
     else:
         flops = flops_per_token(spec, cfg.model.seq_len, horizon, nextlat=True,
                                 with_kl=cfg.nextlat.lambda_kl != 0.0)
     return Variant(name=name, horizon=horizon, cfg=cfg, model=model, module=module,
                    engine=engine, optimizer=optimizer, forward_step=forward_step,
-                   flops_per_token=flops.total, mtp_heads=spec.mtp_heads)
+                   flops_per_token=flops.total, mtp_heads=spec.mtp_heads,
+                   jtp_steps=spec.jtp_steps)
 
 
 def engine_name(engine: Any, cfg: Config) -> str:
@@ -255,6 +267,7 @@ def summarize(variants: list[Variant], tokens_per_step: int) -> list[dict[str, A
             "variant": v.name,
             "horizon": v.horizon,
             "mtp_heads": v.mtp_heads,
+            "jtp_steps": v.jtp_steps,
             "median_s": median,
             "iqr_s": q75 - q25,
             "min_s": min(v.times),
@@ -292,10 +305,12 @@ ExtraStep = Callable[[list[Variant], list[MicroBatch]], tuple[str, Callable[[], 
 
 
 def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2),
-            mtp: Sequence[int] = (), repeats: int = 20, warmup: int = 2, plain: bool = False,
-            seed: int = 1234, extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
+            mtp: Sequence[int] = (), jtp: Sequence[int] = (), repeats: int = 20,
+            warmup: int = 2, plain: bool = False, seed: int = 1234,
+            extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
     """Build the variants (NTP first, then NextLat for each horizon, then MTP for each head
-    count in `mtp`), interleave their training steps, return the results.
+    count in `mtp`, then JTP for each step count in `jtp`), interleave their training steps,
+    return the results.
 
     Raises ConfigError on a bad override. Initialises the one-process world if needed (the
     caller tears it down). `extra` steps run in the same rotation; their times are under
@@ -311,6 +326,8 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0, 1, 2
                               device, plain) for d in horizons]
     variants += [build_variant(f"MTP n={n}", None, list(overrides), device, plain, n)
                  for n in mtp]
+    variants += [build_variant(f"JTP d={d}", None, list(overrides), device, plain,
+                               jtp_steps=d) for d in jtp]
     cfg = variants[0].cfg
     batches = random_batch(cfg, seed, device)
     tokens_per_step = cfg.train.global_batch_size * cfg.model.seq_len
@@ -375,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     horizons = [0, 1, 2] + ([4] if args.d4 else [])
     print(f"command: {command}", flush=True)
     try:
-        result = measure(args.overrides, horizons=horizons, mtp=args.mtp, repeats=args.repeats,
+        result = measure(args.overrides, horizons=horizons, mtp=args.mtp, jtp=args.jtp,
+                         repeats=args.repeats,
                          warmup=args.warmup, plain=args.plain, seed=args.seed)
     except ConfigError as err:
         print(f"nextlat_overhead: config error: {err}", file=sys.stderr)

@@ -254,9 +254,11 @@ def compare(rows: list[dict[str, Any]], ref_times: list[float], ref_losses: list
 
 
 def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0,),
-            mtp: Sequence[int] = (), repeats: int = 20, warmup: int = 2, seed: int = 1234,
+            mtp: Sequence[int] = (), jtp: Sequence[int] = (), repeats: int = 20,
+            warmup: int = 2, seed: int = 1234,
             extra: Sequence[ExtraStep] = ()) -> dict[str, Any]:
-    """Our variants (`horizons`, NTP first; MTP with each head count of `mtp`) and the
+    """Our variants (`horizons`, NTP first; MTP with each head count of `mtp`, JTP with each
+    step count of `jtp`) and the
     reference, interleaved in one run.
 
     Returns nextlat_overhead's result plus `reference` (HF + default AdamW, see `compare`)
@@ -265,7 +267,7 @@ def measure(overrides: Sequence[str] = (), *, horizons: Sequence[int] = (0,),
     """
     plain: dict[str, ReferenceStep] = {}
     fused: dict[str, ReferenceStep] = {}
-    result = measure_steps(overrides, horizons=horizons, mtp=mtp, repeats=repeats,
+    result = measure_steps(overrides, horizons=horizons, mtp=mtp, jtp=jtp, repeats=repeats,
                            warmup=warmup, seed=seed,
                            extra=[reference_factory(plain),
                                   reference_factory(fused, fused_adamw=True), *extra])

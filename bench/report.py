@@ -59,11 +59,12 @@ def step_rows(results: dict[str, Any]) -> list[Row]:
         return [_missing("steps", "NextLat / NTP step time", why),
                 _missing("steps", "our step / HF Llama + AdamW", why)]
     steps = results["steps"]
-    # MTP variants have no horizon (None); NTP is horizon 0, NextLat d is d
+    # MTP and JTP variants have no horizon (None); NTP is horizon 0, NextLat d is d
     rows_by_h = {r["horizon"]: r for r in steps["rows"] if r["horizon"] is not None}
     ntp = rows_by_h[0]
     others = [(f"NextLat d={h}", r) for h, r in sorted(rows_by_h.items()) if h != 0]
-    others += [(f"MTP n={r['mtp_heads']}", r) for r in steps["rows"] if r["horizon"] is None]
+    others += [(f"JTP d={r['jtp_steps']}" if r.get("jtp_steps") else f"MTP n={r['mtp_heads']}",
+                r) for r in steps["rows"] if r["horizon"] is None]
     out = []
     for name, r in others:
         out.append(Row(

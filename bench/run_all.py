@@ -97,6 +97,7 @@ class Settings:
     step_warmup: int
     horizons: tuple[int, ...] = (0, 1, 2, 4)
     mtp_heads: tuple[int, ...] = (2,)  # MTP variants in the steps section
+    jtp_steps: tuple[int, ...] = (1,)  # JTP variants in the steps section
     matmul_repeats: int = 5
     memory_horizons: tuple[int, ...] = (0, 1)
     memory_steps: int = 3
@@ -165,7 +166,7 @@ class Runner:
             return GEMMS_ONLY, run
 
         result = reference_step.measure(self.s.model, horizons=self.s.horizons,
-                                        mtp=self.s.mtp_heads,
+                                        mtp=self.s.mtp_heads, jtp=self.s.jtp_steps,
                                         repeats=self.s.step_repeats, warmup=self.s.step_warmup,
                                         extra=[gemms_only])
         times = result["extra_times"][GEMMS_ONLY]

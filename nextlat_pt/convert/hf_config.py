@@ -23,8 +23,9 @@ def shape_from_config(cfg: Config, vocab_size: int) -> ModelShape:
         raise ConvertError(f"model.hidden_size={m.hidden_size} is not divisible by "
                            f"model.num_heads={m.num_heads}")
     # NextLatGPT hands megatron int(rotary_base): export what the model computes. ψ and
-    # MTP's extra heads are not part of a Llama.
+    # MTP's extra heads and JTP's Fetch are not part of a Llama.
     return dataclasses.replace(cfg.model_shape(vocab_size), psi_width=0, mtp_heads=1,
+                               jtp_steps=0,
                                rotary_base=float(int(m.rotary_base)))
 
 

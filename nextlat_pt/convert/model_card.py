@@ -15,7 +15,7 @@ def _fmt(value: Any) -> str:
 
 
 def model_card(info: dict[str, Any], training_config: dict[str, Any], has_psi: bool,
-               mtp_heads: int = 1) -> str:
+               mtp_heads: int = 1, jtp_steps: int = 0) -> str:
     """Markdown with YAML front matter; `info` is what nextlat_export.json records."""
     metrics = info.get("last_metrics") or {}
     losses = {k: metrics[k] for k in ("loss", "ce", "latent", "kl", "val_ce")
@@ -96,6 +96,17 @@ def model_card(info: dict[str, Any], training_config: dict[str, Any], has_psi: b
             "each, reading the input of the Llama's last layer and decoded through its norm "
             "and LM head; `mtp_heads.json` says how. transformers does not load them; the LM "
             "works without them.",
+            "",
+        ]
+    if jtp_steps:
+        lines += [
+            "## Joint multi-token prediction (Fetch)",
+            "",
+            f"Trained with joint multi-token prediction over {jtp_steps} step(s) beyond the "
+            "next token (Ahn et al., 2025). `jtp_fetch.safetensors` holds the Fetch module, "
+            "one causal attention block over the final hidden state and the next tokens' "
+            "embeddings, decoded through the Llama's LM head; `jtp_fetch.json` gives the "
+            "formula. transformers does not load it; the LM works without it.",
             "",
         ]
     lines += [

@@ -30,6 +30,8 @@ from nextlat_pt.convert import llama_mapping as lm
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.convert.hf_config import llama_config, shape_from_config
 from nextlat_pt.convert.hf_tokenizer import check_parity, probe_texts, save_hf_tokenizer
+from nextlat_pt.convert.jtp_file import PREFIX as JTP_PREFIX
+from nextlat_pt.convert.jtp_file import checkpoint_has_fetch, export_fetch
 from nextlat_pt.convert.megatron_reader import MegatronCheckpointReader
 from nextlat_pt.convert.model_card import model_card
 from nextlat_pt.convert.mtp_file import export_mtp_heads, head_count
@@ -60,10 +62,10 @@ class ExportResult:
 
 
 def _check_architecture(reader: MegatronCheckpointReader, shape: ModelShape) -> None:
-    """The saved tensors must be exactly a Llama of `shape` (+ ψ, + MTP heads): refuse
-    anything else."""
+    """The saved tensors must be exactly a Llama of `shape` (+ ψ, + MTP heads, + JTP's
+    Fetch): refuse anything else."""
     extra = sorted(k for k in reader.keys()
-                   if k not in _KNOWN and not k.startswith("mtp_heads.layers."))
+                   if k not in _KNOWN and not k.startswith(("mtp_heads.layers.", JTP_PREFIX)))
     if extra:
         raise ConvertError(f"unsupported architecture: the checkpoint has tensors with no "
                            f"Llama counterpart: {', '.join(extra[:5])}"
@@ -214,10 +216,14 @@ def export_to_hf(src: str | Path, out_dir: str | Path, *, dtype: str = "auto",
         heads = head_count(reader.keys())
         if heads > 1:  # beside the Llama (trunk + head 1), as ψ is
             export_mtp_heads(reader, shape, heads, out_dtype, tmp)
+        jtp_steps = 0
+        if checkpoint_has_fetch(reader.keys()):  # beside the Llama, as ψ is
+            export_fetch(reader, ckpt.config, out_dtype, tmp)
+            jtp_steps = ckpt.config.jtp_steps
         info = _export_info(ckpt, shape, num_parameters, sp)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(info, ckpt.config.to_dict(), has_psi,
-                                                  mtp_heads=heads))
+                                                  mtp_heads=heads, jtp_steps=jtp_steps))
         finish_out_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,6 +36,7 @@ from nextlat_pt.convert import llama_mapping as lm
 from nextlat_pt.convert.errors import ConvertError
 from nextlat_pt.convert.hf_config import model_overrides, shape_from_llama
 from nextlat_pt.convert.hf_weights import HFWeights
+from nextlat_pt.convert.jtp_file import load_fetch
 from nextlat_pt.convert.mtp_file import load_mtp_heads
 from nextlat_pt.convert.out_dir import finish_out_dir, prepare_out_dir
 from nextlat_pt.convert.psi_file import load_psi
@@ -205,6 +206,8 @@ def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelS
             psi_status = "loaded"
     if model.mtp_heads is not None:
         state.update(_mtp_state(hf_dir, shape))
+    if model.jtp_fetch is not None:  # loaded from jtp_fetch.safetensors, or fresh
+        state.update({k: v.to(torch.float32) for k, v in load_fetch(hf_dir).items()})
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     for key, tensor in state.items():
         if key not in own:
@@ -213,7 +216,7 @@ def _build_model(cfg: Config, vocab_size: int, weights: HFWeights, shape: ModelS
             raise ConvertError(f"{key}: the folder's tensor has shape {tuple(tensor.shape)}, "
                                f"the model expects {tuple(own[key].shape)}")
     not_set = sorted(k for k in own if k not in state
-                     and not k.startswith(("psi.", "mtp_heads.")))
+                     and not k.startswith(("psi.", "mtp_heads.", "jtp_fetch.")))
     if not_set:
         raise ConvertError(f"internal: parameters not converted: {not_set[:4]}")
     model.load_state_dict(state, strict=False)

@@ -110,6 +110,29 @@ def test_psi_survives_the_round_trip_and_ntp_drops_it(sp_model, tmp_path, parall
     assert not (tmp_path / "export3" / "nextlat_dynamics.safetensors").exists()
 
 
+def test_jtp_fetch_goes_beside_the_llama_and_comes_back(sp_model, tmp_path, parallel_tp1):
+    """A JTP checkpoint exports the trunk as the plain Llama (unchanged) and Fetch in its own
+    file, which an import of the export loads again exactly."""
+    hf_dir = tmp_path / "hf"
+    make_llama(hf_dir, sp_model, tied=False)
+    jtp = ["model.seq_len=64", "nextlat.objective=jtp", "nextlat.horizon=2"]
+    import_from_hf(hf_dir, tmp_path / "ckpt", jtp)  # Fetch freshly initialised
+    export_to_hf(tmp_path / "ckpt", tmp_path / "export", progress=False)
+    original, llama = _tensors(hf_dir), _tensors(tmp_path / "export")
+    assert original.keys() == llama.keys()
+    assert all(torch.equal(original[k], llama[k]) for k in original)
+    fetch = load_file(str(tmp_path / "export" / "jtp_fetch.safetensors"))
+    assert fetch["offsets"].shape == (3, 64) and fetch["qkv.weight"].shape == (192, 64)
+    assert json.loads((tmp_path / "export" / "jtp_fetch.json").read_text())["steps"] == 2
+    assert "Fetch" in (tmp_path / "export" / "README.md").read_text()
+
+    # the recorded config (JTP); another seed, so a fresh Fetch would differ
+    import_from_hf(tmp_path / "export", tmp_path / "ckpt2", ["run.seed=7"])
+    export_to_hf(tmp_path / "ckpt2", tmp_path / "export2", progress=False)
+    again = load_file(str(tmp_path / "export2" / "jtp_fetch.safetensors"))
+    assert fetch.keys() == again.keys() and all(torch.equal(fetch[k], again[k]) for k in fetch)
+
+
 def test_mtp_heads_go_beside_the_llama_and_come_back(sp_model, tmp_path, parallel_tp1):
     """An MTP checkpoint exports the trunk with head 1 as the plain Llama (unchanged) and
     heads 2..n in their own file, which an import of the export loads again exactly."""
