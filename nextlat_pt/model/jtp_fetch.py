@@ -68,6 +68,7 @@ class Fetch(MegatronModule):
         self.steps = steps
         self.num_heads = config.num_attention_heads
         self.offsets = torch.nn.Parameter(torch.zeros(steps + 1, d, dtype=config.params_dtype))
+        self.offsets.embedding_like = True  # one vector per slot: AdamW's side under Muon
         self.norm = RMSNorm(d, eps=config.layernorm_epsilon, dtype=config.params_dtype)
         common = dict(config=config, bias=False, init_method=config.init_method)
         self.qkv = TracedColumnParallelLinear(d, 3 * d, gather_output=False, **common)

@@ -45,7 +45,8 @@ def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter],
 
     A Muon matrix is 2-D and belongs neither to an embedding table (torch's or megatron's
     vocab-parallel one, ψ's replica included) nor to the LM head (megatron's
-    `output_layer`, a tied copy of the embedding included)."""
+    `output_layer`, a tied copy of the embedding included), and is not marked
+    `embedding_like` (JTP's Fetch offsets: one learned vector per slot)."""
     muon, adamw, seen = [], [], set()
     for name, module in model.named_modules():
         table = (type(module).__name__.endswith("Embedding")
@@ -54,7 +55,8 @@ def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter],
             if id(param) in seen or not param.requires_grad:
                 continue  # a shared weight counts once, where it first appears
             seen.add(id(param))
-            (muon if param.ndim == 2 and not table else adamw).append(param)
+            embedding_like = table or getattr(param, "embedding_like", False)
+            (muon if param.ndim == 2 and not embedding_like else adamw).append(param)
     return muon, adamw
 
 

@@ -44,6 +44,15 @@ def test_muon_trains_the_hidden_matrices_and_adamw_the_rest(parallel_tp1, tied):
                if n in adamw_names and "embedding" not in n and "output_layer" not in n)
 
 
+def test_jtp_fetch_projections_take_muon_and_its_slot_offsets_adamw(parallel_tp1):
+    model = _model("nextlat.objective=jtp")
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon, adamw = split_parameters(model)
+    fetch_muon = {names[id(p)] for p in muon if "jtp_fetch" in names[id(p)]}
+    assert fetch_muon == {"model.jtp_fetch.qkv.weight", "model.jtp_fetch.proj.weight"}
+    assert "model.jtp_fetch.offsets" in {names[id(p)] for p in adamw}
+
+
 def _matrices(seed: int) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(shape, generator=gen))
