@@ -171,6 +171,17 @@ def psi_matmul_parameters(spec: ModelSpec) -> int:
     return 2 * d * h + h * h + h * d
 
 
+def muon_matrix_parameters(spec: ModelSpec) -> int:
+    """The parameters `train.optimizer=muon` updates with Muon (`train/muon.split_parameters`):
+    the hidden matrices of every decoder layer and extra MTP head, ψ's three and Fetch's
+    q/k/v and output projections; everything else (embeddings, LM head, norms, Fetch's slot
+    offsets) is AdamW's."""
+    attention, mlp = _block_matmul_parameters(spec)
+    layers = spec.num_layers + spec.mtp_heads - 1
+    fetch = 4 * spec.hidden_size * spec.hidden_size if spec.jtp_steps else 0
+    return layers * (attention + mlp) + psi_matmul_parameters(spec) + fetch
+
+
 def parameter_counts(spec: ModelSpec) -> dict[str, int]:
     """Analytic parameter counts of `NextLatGPT(spec)`, whole model (all TP shards).
 

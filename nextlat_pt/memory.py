@@ -11,7 +11,9 @@ w = 2 (bf16) or 4 (fp32) bytes per element):
 - optimizer: P · (8 + m) for AdamW's two fp32 moments plus, under DeepSpeed, its fp32 copy of
   the parameters (m = 4: the master weights in bf16, ZeRO's flat partition in fp32); every
   ZeRO stage divides it by dp. One fp32 data-parallel rank without PP trains without
-  DeepSpeed (`parallel/local_engine.py`): no copy, m = 0. SGD keeps only the copy.
+  DeepSpeed (`parallel/local_engine.py`): no copy, m = 0. SGD keeps only the copy. Muon keeps
+  one fp32 momentum (4 bytes) on its matrices (`flops.muon_matrix_parameters`) and AdamW's
+  two moments on the rest.
 - activations saved for backward by the layers of this stage, per micro-batch in flight (1
   without pipelining, PP for 1F1B's first stage), counted from what our layer saves per
   token: the two RMSNorms' inputs and outputs (4h); q, k, v, the attention output and the
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nextlat_pt.flops import padded_vocab, parameter_counts
+from nextlat_pt.flops import muon_matrix_parameters, padded_vocab, parameter_counts
 from nextlat_pt.model.frozen_head_kl import DEFAULT_CHUNK_TOKENS
 from nextlat_pt.model.gpt import ModelSpec
 from nextlat_pt.model.vocab_parallel import DEFAULT_CE_CHUNK_TOKENS
@@ -104,9 +106,10 @@ def estimate_memory(spec: ModelSpec, seq_len: int, micro_batch_size: int, dp: in
     if bf16 and grad_accum_dtype == "fp32":
         gradients = params * w + params * 4 / (dp if zero_stage >= 2 else 1)
     copy = 0 if wants_local_engine(dp, spec.pp, bf16) else 4
-    # Muon keeps one fp32 momentum on its matrices, AdamW two moments elsewhere: AdamW's
-    # figure bounds it.
-    moments = 8 if optimizer in ("adamw", "muon") else 0
+    moments = 8 if optimizer == "adamw" else 0
+    if optimizer == "muon":  # one fp32 momentum on Muon's matrices, two moments elsewhere
+        muon_share = muon_matrix_parameters(spec) / counts["total"]
+        moments = 4 * muon_share + 8 * (1 - muon_share)
     opt = params * (moments + copy) / dp
     tokens = seq_len * micro_batch_size
     layers = spec.num_layers / spec.pp

@@ -53,6 +53,22 @@ def test_jtp_fetch_projections_take_muon_and_its_slot_offsets_adamw(parallel_tp1
     assert "model.jtp_fetch.offsets" in {names[id(p)] for p in adamw}
 
 
+@pytest.mark.parametrize("objective", ["nextlat", "mtp", "jtp"])
+def test_memory_counts_muon_state_on_exactly_the_split_matrices(parallel_tp1, objective):
+    """The estimate's Muon share is the split's: one fp32 momentum on those, two elsewhere."""
+    from nextlat_pt.flops import muon_matrix_parameters
+    from nextlat_pt.memory import estimate_memory
+
+    model = _model(f"nextlat.objective={objective}", "nextlat.mtp_heads=3")
+    muon, adamw = split_parameters(model)
+    spec = model.model.spec
+    assert sum(p.numel() for p in muon) == muon_matrix_parameters(spec)
+    estimate = estimate_memory(spec, 16, 1, dp=1, zero_stage=1, optimizer="muon")
+    # one fp32 rank: no DeepSpeed copy
+    assert estimate.optimizer == pytest.approx(4 * sum(p.numel() for p in muon)
+                                               + 8 * sum(p.numel() for p in adamw))
+
+
 def _matrices(seed: int) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(shape, generator=gen))
