@@ -4,8 +4,8 @@ Each rank feeds the same micro-batches, so the averaged gradient is every rank's
 the bit, and clipping is off (its norm sums partitions in another order): any difference is
 then Muon's. The matrices of the Muon group are cut across the two flat partitions (one
 of layer 1's fc1 at this size); each rank must gather them whole before orthogonalising.
-Checked to fail when a rank orthogonalises only its own slice. (The CLI comparison with real
-data-parallel batches is the `dp2_zero1_muon` case of test_parallel_equivalence.py.)
+Checked to fail when a rank orthogonalises only its own slice. (The Muon resume pair of
+test_resume_on_another_layout.py trains it through the CLI on real data-parallel batches.)
 """
 
 from __future__ import annotations

@@ -7,11 +7,10 @@ run's reshardable checkpoint into a TP=1 model, agree to 1e-5. The cases use pla
 which (unlike AdamW) exposes a gradient that is off by a constant factor. One case checks
 AdamW with ZeRO-partitioned moments; there the parameters get a looser tolerance, because
 Adam turns reduction-order noise on a near-zero gradient into a ±lr step (seen: 1.2e-5 on
-one of 4096 elements after 3 steps). Muon's parameters get looser still: its Newton-Schulz
-iteration runs in bf16 (torch's), where reduction-order noise in the gradient flips
-roundings that five iterations amplify (seen: 2.5e-4 after 3 steps at lr 3e-3, losses
-within 1e-5); test_muon_zero1_exact.py checks the same layout bit for bit where the
-gradients are the same to the bit.
+one of 4096 elements after 3 steps). Muon under DP=2 ZeRO-1 is checked bit for bit by
+test_muon_zero1_exact.py (same gradients on every rank); a CLI case here would only see its
+bf16 Newton-Schulz amplify reduction-order noise (2.5e-4 after 3 steps), so it was dropped
+to keep the suite inside CI's budget.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ COMMON = [
 ]
 SGD = ["train.optimizer=sgd", "train.lr=0.5"]
 ADAMW = ["train.optimizer=adamw", "train.lr=3e-3"]
-MUON = ["train.optimizer=muon", "train.lr=3e-3"]
 TIED = ["model.tie_embeddings=true"]
 MTP = ["nextlat.objective=mtp", "nextlat.mtp_heads=3"]
 JTP = ["nextlat.objective=jtp"]  # d = nextlat.horizon = 2
@@ -102,8 +100,7 @@ CASES = {
     "dp2_zero2": (2, [*SGD, "parallel.zero_stage=2"], SGD),
     "dp2_zero3": (2, [*SGD, "parallel.zero_stage=3"], SGD),
     "dp2_zero2_adamw": (2, [*ADAMW, "parallel.zero_stage=2"], ADAMW),
-    # Muon's matrices cut across the two ZeRO partitions: each rank gathers them whole.
-    "dp2_zero1_muon": (2, [*MUON, "parallel.zero_stage=1"], MUON),
+    # (Muon under DP=2 ZeRO-1: tests/distributed/test_muon_zero1_exact.py, bit for bit.)
     "tp2_sequence_parallel": (2, [*SGD, "parallel.tp=2", "parallel.sp=true"], SGD),
     "pp2_1f1b": (2, [*SGD, "parallel.pp=2"], SGD),
     "pp2_interleaved": (2, [*SGD, "parallel.pp=2", "parallel.vpp=2"], SGD),
@@ -120,7 +117,7 @@ def test_layout_matches_single_process(parallel_tp1, runs, case):
     nproc, overrides, ref_overrides = CASES[case]
     reference = runs.get("ref_" + "_".join(ref_overrides), ref_overrides)
     run_dir = runs.get(case, overrides, nproc=nproc)
-    param_atol = 5e-4 if "muon" in case else 1e-4 if "adamw" in case else 1e-5
+    param_atol = 1e-4 if "adamw" in case else 1e-5
     assert_equivalent(run_dir, reference, param_atol=param_atol)
     if "parallel.pp=2" in overrides:
         state = json.loads((run_dir / "checkpoints" / "step_0000003" / "trainer_state.json")
