@@ -60,6 +60,7 @@ class Budget:
     sanity_graphs: int = 100_000  # many: a small family is memorised otherwise
     sanity_steps: int = 0  # 0: `steps`
     sanity_layers: int = 0  # 0: `layers`
+    sanity_lr: float = 0.0  # 0: `lr`
 
 
 BUDGETS = {
@@ -68,7 +69,9 @@ BUDGETS = {
                     sanity_graphs=64),
     "cpu": Budget(layers=2, hidden=128, heads=4, batch=32, steps=200, lr=2e-3,
                   num_graphs=10_000, test_graphs=500, eval_graphs=300, seeds=3,
-                  sanity_steps=4000, sanity_layers=3),
+                  # the lookup plateaus at 1/D for ~17.5k steps (docs/results/path_star.md)
+                  sanity_family=(2, 3), sanity_steps=20_000, sanity_layers=3,
+                  sanity_lr=1e-3),
     "gpu": Budget(layers=12, hidden=384, heads=6, batch=256, steps=700, lr=5e-4,
                   num_graphs=200_000, test_graphs=20_000, eval_graphs=2_000, seeds=3),
 }
@@ -214,7 +217,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[list[Job], dict]:
         tasks[name] = info
         steps = cfg.sanity_steps or cfg.steps
         ov = (base_overrides(cfg, task, info["seq_len"], steps)
-              + [f"model.num_layers={cfg.sanity_layers or cfg.layers}"]
+              + [f"model.num_layers={cfg.sanity_layers or cfg.layers}",
+                 f"train.lr={cfg.sanity_lr or cfg.lr}"]
               + variants(family, cfg.hidden)["ntp"])
         jobs.append(Job(family, "ntp_reverse", 0, task, work / "runs" / f"{name}_ntp_s0",
                         tuple(ov), steps, cfg.eval_graphs))
